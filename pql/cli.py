@@ -40,7 +40,17 @@ def fail(message: str, code: int = 2) -> None:
 
 
 # --- end to end -----------------------------------------------------------------------------
-# (command: demo)
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Working folder for the world, discovery, MLflow store and scores.")] = Path("demo"),
+    accounts: Annotated[int, typer.Option(min=100, help="Accounts in the generated world.")] = 3000,
+    seed: Annotated[int, typer.Option(help="Seed of the generated world (same seed, same world).")] = 42,
+    top: Annotated[int, typer.Option(min=1, help="How many top accounts to print.")] = 10,
+) -> None:
+    """Run the whole system end to end on a generated world (embedded DuckDB engine, local MLflow)."""
+    from pql.demo import run_demo
+
+    run_demo(out, accounts=accounts, seed=seed, top=top)
 
 
 if __name__ == "__main__":  # pragma: no cover
