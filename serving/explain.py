@@ -1,0 +1,439 @@
+"""THE explanation code: used by the service, ``pql explain`` and batch scoring alike.
+
+Reasons are LightGBM ``pred_contrib`` contributions (TreeSHAP, log-odds) summed per *group*:
+one group per milestone (all its ``ms__<m>__*`` columns), per sequence, per fit attribute and
+per account/demand-gen/activity column. Group sums plus the base value equal the model's raw
+output exactly, so the reasons add up to the score. Each group is worded in plain language
+with the account's own values, from the labels of ``milestones.yaml``.
+
+Next-best milestones are found by re-scoring: for every unmet milestone, the account's row is
+copied with that milestone reached (today, by the minimum users and count its rule needs) and
+scored again; the milestones that raise the probability most are suggested.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from serving.model import Scorer
+
+ACCOUNT_WORDING = {
+    "active_users_7d": "{v} active users in the last 7 days",
+    "active_users_30d": "{v} active users in the last 30 days",
+    "share_users_activated": "{pct}% of users activated",
+}
+
+
+@dataclass
+class Groups:
+    """Feature columns grouped for explanation."""
+
+    keys: list[str]  # e.g. "milestone:invited_teammate", "fit:industry"
+    kinds: list[str]  # milestone | sequence | fit | account | demand_gen | activity | other
+    subjects: list[str]  # milestone / sequence / attribute / column the group is about
+    membership: np.ndarray  # (features, groups) 0/1 matrix
+
+
+def feature_groups(manifest: pd.DataFrame) -> Groups:
+    """Group the model's columns (manifest order) by milestone, sequence or feature."""
+    keys: list[str] = []
+    kinds: list[str] = []
+    subjects: list[str] = []
+    index: dict[str, int] = {}
+    assign = []
+    for name in manifest["name"]:
+        parts = name.split("__")
+        prefix = parts[0]
+        if prefix == "ms" and len(parts) >= 3:
+            kind, subject = "milestone", parts[1]
+        elif prefix == "seq" and len(parts) >= 3:
+            kind, subject = "sequence", parts[1]
+        elif prefix == "fit":
+            kind, subject = "fit", name[len("fit__"):]
+        elif prefix == "acct":
+            kind, subject = "account", name[len("acct__"):]
+        elif prefix == "dg":
+            kind, subject = "demand_gen", parts[1] if len(parts) > 1 else name
+        elif prefix == "raw":
+            kind, subject = "activity", name[len("raw__"):]
+        else:
+            kind, subject = "other", name
+        key = f"{kind}:{subject}"
+        if key not in index:
+            index[key] = len(keys)
+            keys.append(key)
+            kinds.append(kind)
+            subjects.append(subject)
+        assign.append(index[key])
+    membership = np.zeros((len(assign), len(keys)))
+    membership[np.arange(len(assign)), assign] = 1.0
+    return Groups(keys, kinds, subjects, membership)
+
+
+# --- wording --------------------------------------------------------------------------------
+def _num(v) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+def _ago(days) -> str:
+    d = _num(days)
+    if d is None:
+        return ""
+    d = int(round(d))
+    return "today" if d <= 0 else "yesterday" if d == 1 else f"{d} days ago"
+
+
+def _int(v) -> str:
+    f = _num(v)
+    return "0" if f is None else f"{int(round(f))}" if abs(f - round(f)) < 1e-9 else f"{f:.1f}"
+
+
+class Wording:
+    """Words one group for one account, from its feature values and the milestone file."""
+
+    def __init__(self, spec):
+        self.spec = spec
+        self.milestones = {m.name: m for m in spec.milestones}
+        self.sequences = {s.name: s for s in spec.sequences}
+
+    def milestone(self, name: str, v: dict) -> str:
+        m = self.milestones.get(name)
+        label = m.label if m else name.replace("_", " ")
+        reached = _num(v.get(f"ms__{name}__reached"))
+        count = _num(v.get(f"ms__{name}__count")) or 0.0
+        users = _num(v.get(f"ms__{name}__users"))
+        last = v.get(f"ms__{name}__days_since_last")
+        if reached is None:
+            reached = 1.0 if count > 0 else 0.0
+        if reached >= 0.5:
+            if users is not None and users >= 2:
+                text = f"{_int(users)} users {label}"
+                when = _ago(last)
+                return f"{text}; the last {when}" if when else text
+            who = "1 user " if users is not None else ""
+            times = f" {_int(count)} times" if count >= 2 else ""
+            when = _ago(last)
+            return f"{who}{label}{times}" + (f", the last {when}" if count >= 2 and when
+                                             else f" {when}" if when else "")
+        need = m.min_count if m else 1
+        if count > 0:
+            return f"not yet reached: {label} ({_int(count)} of {need} needed)"
+        return f"not yet reached: {label}"
+
+    def sequence(self, name: str, v: dict) -> str:
+        s = self.sequences.get(name)
+        words = s.wording if s else name.replace("_", " ")
+        done = _num(v.get(f"seq__{name}__completed"))
+        if done is not None and done >= 0.5:
+            when = _ago(v.get(f"seq__{name}__days_since"))
+            return f"{words}" + (f" ({when})" if when else "")
+        return f"not yet: {words}"
+
+    def fit(self, attr: str, v: dict) -> str:
+        val = v.get(f"fit__{attr}")
+        shown = "unknown" if val is None or (isinstance(val, float) and math.isnan(val)) else (
+            _int(val) if _num(val) is not None else str(val))
+        return f"{attr.replace('_', ' ')} is {shown}"
+
+    def account(self, col: str, v: dict) -> str:
+        val = v.get(f"acct__{col}")
+        if col in ACCOUNT_WORDING:
+            f = _num(val) or 0.0
+            return ACCOUNT_WORDING[col].format(v=_int(f), pct=int(round(100 * f)))
+        if col.startswith("users_"):
+            return f"{_int(val)} users reached {col[len('users_'):]} milestones"
+        return f"{col.replace('_', ' ')}: {_int(val)}"
+
+    def demand_gen(self, event: str, v: dict) -> str:
+        val = _num(v.get(f"dg__{event}__decayed")) or 0.0
+        return (f"marketing: {event.replace('_', ' ')} (recent weight {val:.1f})" if val
+                else f"no recent marketing {event.replace('_', ' ')}")
+
+    def word(self, kind: str, subject: str, v: dict) -> str:
+        """Plain-language text for one group of an account with feature values ``v``."""
+        if kind == "milestone":
+            return self.milestone(subject, v)
+        if kind == "sequence":
+            return self.sequence(subject, v)
+        if kind == "fit":
+            return self.fit(subject, v)
+        if kind == "account":
+            return self.account(subject, v)
+        if kind == "demand_gen":
+            return self.demand_gen(subject, v)
+        col = f"raw__{subject}" if kind == "activity" else subject
+        return f"{subject.replace('_', ' ')}: {_int(v.get(col))}"
+
+
+# --- explanations ---------------------------------------------------------------------------
+@dataclass
+class Explanation:
+    """Score, tier and reasons of one account."""
+
+    account_id: str
+    probability: float
+    score: int
+    tier: str
+    raw_score: float
+    base_value: float
+    reasons_up: list[dict]
+    reasons_down: list[dict]
+    milestones_reached: list[dict]
+    next_best: list[dict]
+    model_version: str
+    cutoff: str | None = None
+    contributions: list[dict] = field(default_factory=list)  # every group, for /explain
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict."""
+        return dict(self.__dict__)
+
+
+class Explainer:
+    """Score and explain feature rows with one model; vectorised for batch scoring.
+
+    Parameters
+    ----------
+    scorer : Scorer
+        The loaded model.
+    top_k : int
+        Reasons up and down per account.
+    next_best_k : int
+        Next-best milestones per account.
+    """
+
+    def __init__(self, scorer: Scorer, top_k: int = 3, next_best_k: int = 3):
+        self.scorer = scorer
+        self.spec = scorer.bundle.spec
+        self.groups = feature_groups(scorer.bundle.manifest)
+        self.wording = Wording(self.spec)
+        self.top_k = top_k
+        self.next_best_k = next_best_k
+        names = scorer.feature_names
+        self._col = {n: j for j, n in enumerate(names)}
+        self._milestones = [m for m in self.spec.milestones if f"ms__{m.name}__reached" in self._col
+                            or f"ms__{m.name}__count" in self._col]
+
+    # group contributions ---------------------------------------------------------------------
+    def group_contributions(self, contrib: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(per-group contributions (n, groups), base values (n,)) from ``pred_contrib`` output."""
+        return contrib[:, :-1] @ self.groups.membership, contrib[:, -1]
+
+    def reached_matrix(self, X: np.ndarray) -> np.ndarray:
+        """(n, milestones) booleans: which milestones each row has reached."""
+        out = np.zeros((X.shape[0], len(self._milestones)), dtype=bool)
+        for k, m in enumerate(self._milestones):
+            j = self._col.get(f"ms__{m.name}__reached")
+            col = X[:, j] if j is not None else X[:, self._col[f"ms__{m.name}__count"]]
+            out[:, k] = np.nan_to_num(col) > (0.5 if j is not None else 0)
+        return out
+
+    def next_best(self, X: np.ndarray, prob: np.ndarray) -> np.ndarray:
+        """(n, milestones) probability gain if each unmet milestone were reached today (NaN if met)."""
+        reached = self.reached_matrix(X)
+        gain = np.full(reached.shape, np.nan)
+        for k, m in enumerate(self._milestones):
+            rows = np.flatnonzero(~reached[:, k])
+            if not len(rows):
+                continue
+            Xc = X[rows].copy()
+            self._reach(Xc, m, reached[rows])
+            gain[rows, k] = self.scorer.predict_proba(Xc) - prob[rows]
+        return gain
+
+    def _reach(self, Xc: np.ndarray, m, reached_rows: np.ndarray) -> None:
+        # The counterfactual "reached today": the rule's minimum count and users, events now.
+        def put(stat, fn):
+            j = self._col.get(f"ms__{m.name}__{stat}")
+            if j is not None:
+                Xc[:, j] = fn(Xc[:, j])
+        put("reached", lambda c: np.ones_like(c))
+        put("count", lambda c: np.maximum(np.nan_to_num(c), m.min_count))
+        put("users", lambda c: np.maximum(np.nan_to_num(c), m.min_users))
+        put("days_since_first", lambda c: np.where(np.isnan(c), 0.0, c))
+        put("days_since_last", lambda c: np.zeros_like(c))
+        put("decayed", lambda c: np.nan_to_num(c) + m.min_count)
+        # A sequence whose steps are then all reached counts as completed today.
+        names = [x.name for x in self._milestones]
+        for s in self.spec.sequences:
+            if m.name not in s.steps:
+                continue
+            others = [names.index(st) for st in s.steps if st != m.name and st in names]
+            done = reached_rows[:, others].all(axis=1) if others else np.ones(len(Xc), bool)
+            for stat, val in (("completed", 1.0), ("days_since", 0.0)):
+                j = self._col.get(f"seq__{s.name}__{stat}")
+                if j is not None:
+                    Xc[done, j] = val
+
+    # full explanations -----------------------------------------------------------------------
+    def explain(self, frame: pd.DataFrame, with_all: bool = False) -> tuple[list[Explanation],
+                                                                             dict[int, str]]:
+        """Explain every row of a feature frame.
+
+        Returns
+        -------
+        (list of Explanation, {row position: reason it cannot be scored})
+            Rows that cannot be scored (e.g. a fit category the model never saw) are left out
+            of the first list and named in the second, never silently dropped.
+        """
+        X, problems = self.scorer.prepare(frame)
+        bad = {i: p for i, p in enumerate(problems) if p}
+        ok = np.array([i for i in range(len(frame)) if i not in bad], dtype=int)
+        if not len(ok):
+            return [], bad
+        X = X[ok]
+        contrib = self.scorer.contributions(X)
+        raw = contrib.sum(axis=1)
+        prob = self.scorer.probability(raw)
+        score = self.scorer.to_score(prob)
+        tiers = self.scorer.tier(score)
+        gc, base = self.group_contributions(contrib)
+        gain = self.next_best(X, prob) if self._milestones else np.zeros((len(ok), 0))
+        reached = self.reached_matrix(X)
+        ids = frame["account_id"].astype(str).to_numpy()[ok] if "account_id" in frame else ok.astype(str)
+        cutoffs = (pd.to_datetime(frame["cutoff"]).to_numpy()[ok] if "cutoff" in frame
+                   else [None] * len(ok))
+        # Column values per account, only for the columns wording needs (all model columns
+        # plus any extra pipeline columns the frame carries for the same groups).
+        value_cols = [c for c in frame.columns if c.split("__")[0] in ("ms", "seq", "fit", "acct", "dg", "raw")]
+        values = {c: frame[c].to_numpy()[ok] for c in value_cols}
+        order = np.argsort(-gc, axis=1)
+        out = []
+        version = self.scorer.bundle.version
+        for r in range(len(ok)):
+            v = {c: values[c][r] for c in value_cols}
+            up = [g for g in order[r, : self.top_k] if gc[r, g] > 0]
+            down = [g for g in order[r, ::-1][: self.top_k] if gc[r, g] < 0]
+            cutoff = pd.Timestamp(cutoffs[r]) if cutoffs[r] is not None else None
+            exp = Explanation(
+                account_id=ids[r], probability=float(prob[r]), score=int(score[r]),
+                tier=str(tiers[r]), raw_score=float(raw[r]), base_value=float(base[r]),
+                reasons_up=[self._reason(g, gc[r, g], v) for g in up],
+                reasons_down=[self._reason(g, gc[r, g], v) for g in down],
+                milestones_reached=self._reached(reached[r], v, cutoff),
+                next_best=self._next_best(gain[r], prob[r]),
+                model_version=version,
+                cutoff=cutoff.isoformat() if cutoff is not None else None)
+            if with_all:
+                exp.contributions = [self._reason(g, gc[r, g], v) for g in order[r]]
+            out.append(exp)
+        return out, {int(i): p for i, p in bad.items()}
+
+    def _reason(self, g: int, value: float, v: dict) -> dict:
+        kind, subject = self.groups.kinds[g], self.groups.subjects[g]
+        return {"group": self.groups.keys[g], "kind": kind, "subject": subject,
+                "contribution": float(value), "direction": "up" if value > 0 else "down",
+                "text": self.wording.word(kind, subject, v)}
+
+    def _reached(self, row: np.ndarray, v: dict, cutoff) -> list[dict]:
+        out = []
+        for k in np.flatnonzero(row):
+            m = self._milestones[k]
+            first = _num(v.get(f"ms__{m.name}__days_since_first"))
+            when = (cutoff - pd.Timedelta(days=first)).date().isoformat() if (
+                cutoff is not None and first is not None) else None
+            out.append({"name": m.name, "label": m.label, "category": m.category,
+                        "first_reached": when})
+        return out
+
+    def _next_best(self, gain_row: np.ndarray, p: float) -> list[dict]:
+        idx = [k for k in np.argsort(-np.nan_to_num(gain_row, nan=-np.inf))
+               if not np.isnan(gain_row[k]) and gain_row[k] > 0][: self.next_best_k]
+        return [{"name": self._milestones[k].name, "label": self._milestones[k].label,
+                 "category": self._milestones[k].category,
+                 "probability_gain": float(gain_row[k]),
+                 "probability_if_reached": float(p + gain_row[k])} for k in idx]
+
+
+# --- the reviewer page ----------------------------------------------------------------------
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>Why {account} scores {score}</title>
+<style>
+body{{font-family:system-ui,sans-serif;margin:2em;max-width:60em;color:#222}}
+.tier{{padding:.1em .5em;border-radius:.3em;color:#fff}}
+.hot{{background:#c0392b}}.warm{{background:#e67e22}}.cold{{background:#2980b9}}
+table{{border-collapse:collapse}}td,th{{padding:.2em .6em;border-bottom:1px solid #ddd;text-align:left}}
+.up{{fill:#27ae60}}.down{{fill:#c0392b}}.base,.total{{fill:#7f8c8d}}
+</style></head><body>
+<h1>Account {account}: score <span id="score">{score}</span>
+ <span class="tier {tier}" id="tier">{tier}</span></h1>
+<p>Probability of converting: <b>{prob:.1%}</b> · model {model} · as of {cutoff}</p>
+<h2>Why: contributions to the model's output (log-odds)</h2>
+<p>The bars start at the model's base value and add each reason's contribution;
+the last bar is the account's output, {raw:.3f}.</p>
+<svg id="waterfall" xmlns="http://www.w3.org/2000/svg" width="900" height="{height}"></svg>
+<h2>Next-best milestones</h2><ol id="next-best">{next_best}</ol>
+<h2>Milestones reached</h2><ul id="reached">{reached}</ul>
+<h2>Every contribution</h2>
+<table id="contributions"><tr><th>reason</th><th>contribution</th></tr>{rows}</table>
+<script id="explanation-data" type="application/json">{data}</script>
+<script>
+// Drawn in the browser from the embedded explanation, so the page is one self-contained file.
+(function() {{
+  const d = JSON.parse(document.getElementById('explanation-data').textContent);
+  const svg = document.getElementById('waterfall');
+  const NS = 'http://www.w3.org/2000/svg';
+  const steps = [{{text: 'base value', value: d.base_value, cls: 'base', start: 0}}];
+  let run = d.base_value;
+  for (const c of d.contributions) {{
+    steps.push({{text: c.text, value: c.contribution, cls: c.contribution >= 0 ? 'up' : 'down',
+                start: run, group: c.group}});
+    run += c.contribution;
+  }}
+  steps.push({{text: 'model output', value: run, cls: 'total', start: 0}});
+  const ends = steps.flatMap(s => [s.start, s.start + s.value]);
+  const lo = Math.min(0, ...ends), hi = Math.max(0, ...ends);
+  const left = 420, width = 440, rowH = 22;
+  const x = v => left + (v - lo) / ((hi - lo) || 1) * width;
+  steps.forEach((s, i) => {{
+    const a = x(s.start), b = x(s.start + s.value);
+    const r = document.createElementNS(NS, 'rect');
+    r.setAttribute('x', Math.min(a, b)); r.setAttribute('width', Math.max(Math.abs(b - a), 1));
+    r.setAttribute('y', i * rowH + 4); r.setAttribute('height', rowH - 6);
+    r.setAttribute('class', 'bar ' + s.cls);
+    r.setAttribute('data-start', s.start); r.setAttribute('data-end', s.start + s.value);
+    if (s.group) r.setAttribute('data-group', s.group);
+    svg.appendChild(r);
+    const t = document.createElementNS(NS, 'text');
+    t.setAttribute('x', 4); t.setAttribute('y', i * rowH + 17); t.setAttribute('font-size', 12);
+    t.textContent = s.text.length > 60 ? s.text.slice(0, 57) + '...' : s.text;
+    svg.appendChild(t);
+  }});
+  svg.setAttribute('data-final', run);
+  svg.setAttribute('data-ready', 'true');
+}})();
+</script></body></html>
+"""
+
+
+def render_html(exp: Explanation) -> str:
+    """A self-contained page a reviewer can read: reasons as a waterfall chart, next steps.
+
+    ``exp`` must carry every contribution (``Explainer.explain(..., with_all=True)``).
+    """
+    esc = html.escape
+    rows = "".join(f"<tr><td>{esc(c['text'])}</td><td>{c['contribution']:+.3f}</td></tr>"
+                   for c in exp.contributions)
+    nb = "".join(f"<li>{esc(n['label'])}: +{100 * n['probability_gain']:.1f} points</li>"
+                 for n in exp.next_best) or "<li>none would raise the score</li>"
+    reached = "".join(f"<li>{esc(m['label'])} ({esc(m['category'])}"
+                      f"{', first ' + m['first_reached'] if m.get('first_reached') else ''})</li>"
+                      for m in exp.milestones_reached) or "<li>none yet</li>"
+    # "</" must not end the JSON script early.
+    data = json.dumps(exp.to_dict(), default=str).replace("</", "<\\/")
+    return _PAGE.format(account=esc(exp.account_id), score=exp.score, tier=esc(exp.tier),
+                        prob=exp.probability, model=esc(exp.model_version),
+                        cutoff=esc(exp.cutoff or "now"), raw=exp.raw_score,
+                        height=22 * (len(exp.contributions) + 2) + 10, next_best=nb,
+                        reached=reached, rows=rows, data=data)
