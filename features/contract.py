@@ -43,7 +43,7 @@ from features.schema import (ACCOUNT_REQUIRED, ACCOUNT_RESERVED, CONVERSION_COLU
                              CONVERSION_REQUIRED, EVENT_COLUMNS, EVENT_REQUIRED, EVENT_SOURCES,
                              FILE_SUFFIXES, TABLES, TIMESTAMP_DTYPE, USER_COLUMNS, USER_REQUIRED,
                              fit_columns)
-from features.timestamps import to_utc_naive
+from features.timestamps import check_timestamps
 
 #: Data levels, from least to most informative.
 LEVELS = ("attribute flags", "aggregated counts", "event-level with timestamps", "sequences")
@@ -53,6 +53,9 @@ MIN_CONVERTERS = 50
 MAX_BAD_TIMESTAMP_SHARE = 0.5
 #: How far in the future a timestamp may lie (clock skew) before it is quarantined.
 FUTURE_TOLERANCE = dt.timedelta(days=1)
+#: Columns a users *file* must have (issue 2). ``features.schema.USER_REQUIRED`` is only
+#: ``user_id`` because users derived from Segment ``identify`` calls may lack email/created_at.
+USER_FILE_REQUIRED = ("user_id", "email", "created_at")
 
 # Quarantine reasons (the ``reason`` column; stable strings, documented in docs/data-contract.md).
 INVALID_JSON = "invalid JSON"
@@ -106,7 +109,9 @@ class TableReport:
 
     ``rows_read == rows_kept + quarantined_total + duplicates + routed`` always holds; ``routed``
     counts Segment ``identify``/``group`` messages of ``events.jsonl`` that became users/accounts
-    rows, and ``from_segment`` the users/accounts rows those messages added.
+    rows, and ``from_segment`` the users/accounts rows those messages added. ``nulled`` counts
+    single values set to null in rows that were kept (by reason, e.g. a Segment
+    ``traits.createdAt`` that does not parse: ``unparseable created_at``).
     """
 
     table: str
@@ -117,6 +122,7 @@ class TableReport:
     duplicates: int = 0
     routed: int = 0
     from_segment: int = 0
+    nulled: dict[str, int] = field(default_factory=dict)
 
     @property
     def quarantined_total(self) -> int:
@@ -124,14 +130,30 @@ class TableReport:
         return int(sum(self.quarantined.values()))
 
     @property
+    def nulled_total(self) -> int:
+        """Values set to null for any reason (their rows were kept)."""
+        return int(sum(self.nulled.values()))
+
+    @property
     def balanced(self) -> bool:
         """True when every row read is kept, quarantined, dropped as duplicate or routed."""
         return self.rows_read == self.rows_kept + self.quarantined_total + self.duplicates + self.routed
 
 
+#: ``ValidationReport.linkability()`` bases.
+LINK_BASIS_EVIDENCE = "evidence"
+LINK_BASIS_RESOLUTION = "identity resolution"
+
+
 @dataclass
 class ValidationReport:
-    """The summary ``pql validate`` prints: counts per table, data level, what scoring will lack."""
+    """The summary ``pql validate`` prints: counts per table, data level, what scoring will lack.
+
+    ``users_unlinkable`` is the quick evidence check of :func:`load_dataset` (no account id,
+    corporate email domain or inviter); ``resolution`` (a
+    :class:`features.identity.ResolutionReport`, set by :func:`validate`) is the real answer and,
+    when present, is what the "users not linkable" line and warning report.
+    """
 
     data_dir: str
     tables: dict[str, TableReport]
@@ -142,32 +164,52 @@ class ValidationReport:
     users_unlinkable: int = 0
     converters: int = 0
     quarantine_files: list[str] = field(default_factory=list)
+    resolution: Any = None
 
     @property
     def unlinkable_share(self) -> float:
         """Share of users with no account id, no corporate email domain and no inviter."""
         return self.users_unlinkable / self.users_total if self.users_total else 0.0
 
+    def linkability(self) -> tuple[int, int, str]:
+        """``(users not linkable, users, basis)``: the resolution's unresolved users when
+        identity resolution ran, else the evidence check's count."""
+        if self.resolution is not None:
+            return int(self.resolution.unresolved), int(self.resolution.n_users), LINK_BASIS_RESOLUTION
+        return self.users_unlinkable, self.users_total, LINK_BASIS_EVIDENCE
+
+    def attach_resolution(self, resolution) -> ValidationReport:
+        """Add an identity-resolution report and rebuild the warnings from it; returns self."""
+        self.resolution = resolution
+        self.warnings = report_warnings(self)
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form (for ``--json`` output and for saving next to features)."""
+        not_linked, total, basis = self.linkability()
         return {
             "data_dir": self.data_dir,
             "level": self.level,
             "segment": self.segment,
             "tables": {name: {"file": t.file, "rows_read": t.rows_read, "rows_kept": t.rows_kept,
                               "quarantined": dict(t.quarantined), "duplicates": t.duplicates,
-                              "routed": t.routed, "from_segment": t.from_segment}
+                              "routed": t.routed, "from_segment": t.from_segment,
+                              "nulled": dict(t.nulled)}
                        for name, t in self.tables.items()},
             "users_total": self.users_total,
             "users_unlinkable": self.users_unlinkable,
             "unlinkable_share": round(self.unlinkable_share, 4),
+            "not_linkable": {"users": not_linked, "of": total, "basis": basis,
+                             "share": round(not_linked / total, 4) if total else 0.0},
             "converters": self.converters,
+            "resolution": None if self.resolution is None else self.resolution.to_dict(),
             "warnings": list(self.warnings),
             "quarantine_files": list(self.quarantine_files),
         }
 
     def to_text(self, width: int = 110) -> str:
-        """A readable summary: one line per table, then level, quarantine files and warnings."""
+        """A readable summary: one line per table, then the reasons behind the counts (one line
+        each), level, linkability, identity resolution, quarantine files and warnings."""
         import io
 
         from rich.console import Console
@@ -176,25 +218,42 @@ class ValidationReport:
         table = Table(title=f"Data contract: {self.data_dir}", title_justify="left")
         for col, justify in (("table", "left"), ("file", "left"), ("read", "right"),
                              ("kept", "right"), ("quarantined", "right"),
-                             ("duplicates", "right"), ("reasons", "left")):
-            table.add_column(col, justify=justify)
+                             ("duplicates", "right"), ("routed", "right"), ("nulled", "right")):
+            table.add_column(col, justify=justify, no_wrap=True)
         for name, t in self.tables.items():
-            reasons = ", ".join(f"{r}: {n:,}" for r, n in sorted(t.quarantined.items()))
-            kept = f"{t.rows_kept:,}"
-            if t.from_segment:
-                kept += f" (+{t.from_segment:,} from Segment)"
-            if t.routed:
-                reasons = "; ".join(filter(None, [reasons, f"{t.routed:,} identify/group calls routed"]))
+            kept = f"{t.rows_kept:,}" + (f" +{t.from_segment:,}" if t.from_segment else "")
             table.add_row(name, Path(t.file).name if t.file else "(none)", f"{t.rows_read:,}", kept,
-                          f"{t.quarantined_total:,}", f"{t.duplicates:,}", reasons or "-")
+                          f"{t.quarantined_total:,}", f"{t.duplicates:,}", f"{t.routed:,}",
+                          f"{t.nulled_total:,}")
+        if any(t.from_segment for t in self.tables.values()):
+            table.caption = "kept +N: rows added from Segment identify/group calls"
+            table.caption_justify = "left"
         buf = io.StringIO()
-        console = Console(file=buf, width=width, no_color=True, highlight=False)
+        console = Console(file=buf, width=width, no_color=True, highlight=False, soft_wrap=True)
         console.print(table)
+        # Reasons one per line (a table cell would wrap them into an unreadable column).
+        for title, attr in (("Quarantined rows by reason", "quarantined"),
+                            ("Values set to null (row kept) by reason", "nulled")):
+            lines = [(name, reason, n) for name, t in self.tables.items()
+                     for reason, n in sorted(getattr(t, attr).items())]
+            if lines:
+                console.print(f"{title}:")
+                for name, reason, n in lines:
+                    console.print(f"  {name:<12} {reason:<40} {n:>12,}")
+        for name, t in self.tables.items():
+            if t.routed:
+                added = ", ".join(f"{other} +{o.from_segment:,}" for other, o in self.tables.items()
+                                  if o.from_segment)
+                console.print(f"Segment: {t.routed:,} identify/group calls in {name} routed to "
+                              f"users/accounts" + (f" (new rows: {added})" if added else ""))
         console.print(f"Data level: {self.level}" + (" (Segment/RudderStack messages)" if self.segment else ""))
         console.print(f"Converting accounts: {self.converters:,}")
-        if self.users_total:
-            console.print(f"Users not linkable to an account: {self.users_unlinkable:,} of "
-                          f"{self.users_total:,} ({self.unlinkable_share:.1%})")
+        not_linked, total, basis = self.linkability()
+        if total:
+            console.print(f"Users not linkable to an account ({basis}): {not_linked:,} of "
+                          f"{total:,} ({not_linked / total:.1%})")
+        if self.resolution is not None:
+            console.print(self.resolution.to_text())
         for path in self.quarantine_files:
             console.print(f"Quarantined rows written to {path}")
         for w in self.warnings:
@@ -202,6 +261,40 @@ class ValidationReport:
         if not self.warnings:
             console.print("No warnings.")
         return buf.getvalue()
+
+
+def _share(part: int, whole: int) -> str:
+    """``12.3%``; a small non-zero share reads ``<0.1%``, not a misleading ``0.0%``."""
+    share = part / whole if whole else 0.0
+    return "<0.1%" if 0 < share < 0.001 else f"{share:.1%}"
+
+
+def report_warnings(report: ValidationReport) -> list[str]:
+    """What scoring will lack, derived from the report's counts (see docs/data-contract.md)."""
+    warnings = []
+    if report.tables["conversions"].file is None:
+        warnings.append("no conversions table: a model cannot be trained (scoring can only use "
+                        "milestone rules)")
+    elif report.converters < MIN_CONVERTERS:
+        warnings.append(f"only {report.converters} converting accounts (fewer than {MIN_CONVERTERS}): "
+                        f"a trained model will be unreliable")
+    not_linked, total, basis = report.linkability()
+    if not_linked:
+        why = ("identity resolution found no account for them (no account id, matching domain, "
+               "invite/workspace link or company name)" if basis == LINK_BASIS_RESOLUTION
+               else "they have no account id, corporate email domain or inviter")
+        warnings.append(f"{not_linked:,} of {total:,} users ({not_linked / total:.1%}) are not "
+                        f"linkable to an account: {why}; their milestones cannot roll up to an account")
+    if report.tables["events"].rows_kept == 0:
+        warnings.append("no usable events")
+    for table, rep in report.tables.items():
+        if rep.quarantined_total:
+            warnings.append(f"{rep.quarantined_total:,} {table} rows quarantined "
+                            f"({_share(rep.quarantined_total, rep.rows_read)})")
+        if rep.nulled_total:
+            detail = ", ".join(f"{r}: {n:,}" for r, n in sorted(rep.nulled.items()))
+            warnings.append(f"{rep.nulled_total:,} {table} values set to null, rows kept ({detail})")
+    return warnings
 
 
 @dataclass
@@ -441,7 +534,18 @@ def _read(path: Path, table: str) -> _Raw:
 
 def _present(frame: pd.DataFrame, column: str) -> bool:
     # JSON lines declare every field; a field no line carries reads as all-null = missing.
-    return column in frame.columns and not (frame[column].isna().all() and len(frame) > 0)
+    # A CSV text column of empty cells reads as "" (not null): that is missing too.
+    if column not in frame.columns:
+        return False
+    values = frame[column]
+    if len(frame) == 0:
+        return True
+    if isinstance(values.dtype, pd.StringDtype) or values.dtype == object:
+        def non_empty(part: pd.Series) -> bool:
+            return bool((part.fillna("").astype("string") != "").any())
+        # The first rows almost always answer; scan everything only when they are all empty.
+        return non_empty(values.iloc[:1000]) or non_empty(values)
+    return bool(values.notna().any())
 
 
 def _guess_level(frame: pd.DataFrame) -> str | None:
@@ -461,15 +565,22 @@ def _guess_level(frame: pd.DataFrame) -> str | None:
 
 def _require(frame: pd.DataFrame, required, path: Path, table: str) -> None:
     for column in required:
-        if not _present(frame, column):
-            hint = ""
-            if table == "events":
-                level = _guess_level(frame)
-                if level:
-                    hint = (f"; the file looks like {level} data, but the contract needs one row "
+        if _present(frame, column):
+            continue
+        if column in frame.columns:
+            # All null: an empty CSV column, or a JSON-lines field no line carries.
+            message = f"required column '{column}' of table '{table}' is missing or empty in every row"
+        else:
+            message = f"missing required column '{column}' of table '{table}'"
+        if table == "events":
+            level = _guess_level(frame)
+            if level:
+                message += (f"; the file looks like {level} data, but the contract needs one row "
                             f"per event with user_id, event and timestamp")
-            raise ContractError(f"missing required column '{column}' of table '{table}'{hint}",
-                                file=path, column=column)
+        elif table == "users" and column != "user_id":
+            message += (f" (a users file needs {', '.join(USER_FILE_REQUIRED)}; single values "
+                        f"may be empty)")
+        raise ContractError(message, file=path, column=column)
 
 
 def _ids(values: pd.Series) -> pd.Series:
@@ -492,23 +603,19 @@ def _timestamps(frame: pd.DataFrame, column: str, path: Path, future_limit: pd.T
     if column not in frame.columns:
         return pd.Series(pd.NaT, index=frame.index, dtype=TIMESTAMP_DTYPE)
     raw = frame[column]
-    parsed = to_utc_naive(raw)
-    given = raw.notna()
-    if raw.dtype == object or isinstance(raw.dtype, pd.StringDtype):
-        given &= raw.astype("string").str.strip().fillna("") != ""
-    unparseable = (given & parsed.isna()).to_numpy()
-    n_given = int(given.sum())
-    if n_given and unparseable.sum() > MAX_BAD_TIMESTAMP_SHARE * n_given:
-        examples = raw[unparseable].astype(str).head(3).tolist()
+    check = check_timestamps(raw, future_limit)
+    n_given = int(check.given.sum())
+    if n_given and check.unparseable.sum() > MAX_BAD_TIMESTAMP_SHARE * n_given:
+        examples = raw[check.unparseable].astype(str).head(3).tolist()
         raise ContractError(
             f"expected timestamps (ISO-8601, or epoch seconds/milliseconds), but "
-            f"{unparseable.sum():,} of {n_given:,} values do not parse, e.g. {examples}",
+            f"{check.unparseable.sum():,} of {n_given:,} values do not parse, e.g. {examples}",
             file=path, column=column)
-    _mark(reasons, unparseable, unparseable_reason(column))
+    _mark(reasons, check.unparseable, unparseable_reason(column))
     if required:
-        _mark(reasons, (~given).to_numpy(), empty_reason(column))
-    _mark(reasons, (parsed > future_limit).fillna(False).to_numpy(dtype=bool), future_reason(column))
-    return parsed
+        _mark(reasons, ~check.given, empty_reason(column))
+    _mark(reasons, check.future, future_reason(column))
+    return check.parsed
 
 
 def _mark(reasons: pd.Series, mask, reason: str) -> None:
@@ -545,13 +652,47 @@ def _new_reasons(frame: pd.DataFrame) -> pd.Series:
 # Tables
 
 
-def _canonical_events(frame: pd.DataFrame, path: Path, now: pd.Timestamp):
+def canonical_events(frame: pd.DataFrame, path: str | os.PathLike,
+                     future_limit: pd.Timestamp) -> tuple[pd.DataFrame, pd.Series]:
+    """Validate raw event rows and turn them into canonical events (the contract's event rules).
+
+    This is the single definition of a valid event: ``load_dataset`` uses it for events files
+    and Segment ``track``/``page``/``screen`` calls, and the webhook ingest for request bodies,
+    so an event is accepted by one exactly when the other accepts it.
+
+    Parameters
+    ----------
+    frame : DataFrame
+        Raw rows: ``user_id``, ``event``, ``timestamp`` (required), optional ``account_id``,
+        ``message_id``, ``source``, ``properties`` (JSON object text); any dtype; other columns
+        are ignored. ``SegmentTables.events`` has this shape.
+    path : path-like
+        Named in errors (a file, or e.g. ``/v1/batch`` for a request).
+    future_limit : pandas.Timestamp
+        Naive UTC; later timestamps are bad rows. The contract uses ``now + FUTURE_TOLERANCE``.
+
+    Returns
+    -------
+    events : DataFrame
+        Canonical columns and dtypes (``features.schema.EVENT_COLUMNS``), same index and
+        length as ``frame`` (bad rows included: filter with ``reasons == ""``).
+    reasons : Series
+        Per row, ``""`` for a valid row, else its quarantine reason (the first that applies,
+        e.g. ``empty user_id``, ``unparseable timestamp``, ``future timestamp``,
+        ``properties not a JSON object``, ``unknown source``). Duplicates are not checked here.
+
+    Raises
+    ------
+    ContractError
+        A required column is missing, most timestamps do not parse, or ``properties`` is numeric.
+    """
+    path = Path(path)
     _require(frame, EVENT_REQUIRED, path, "events")
     reasons = _new_reasons(frame)
     user_id, event = _ids(frame["user_id"]), _ids(frame["event"])
     _mark(reasons, user_id.isna().to_numpy(), empty_reason("user_id"))
     _mark(reasons, event.isna().to_numpy(), empty_reason("event"))
-    timestamp = _timestamps(frame, "timestamp", path, now, reasons, required=True)
+    timestamp = _timestamps(frame, "timestamp", path, future_limit, reasons, required=True)
     properties = _properties(frame, path, reasons)
     source = _text_or_null(frame, "source").str.lower().fillna("product")
     _mark(reasons, (~source.isin(EVENT_SOURCES)).to_numpy(), UNKNOWN_SOURCE)
@@ -563,12 +704,29 @@ def _canonical_events(frame: pd.DataFrame, path: Path, now: pd.Timestamp):
     return events.astype(EVENT_COLUMNS), reasons
 
 
-def _canonical_users(frame: pd.DataFrame, path: Path, now: pd.Timestamp):
-    _require(frame, USER_REQUIRED, path, "users")
+def canonical_users(frame: pd.DataFrame, path: str | os.PathLike,
+                    future_limit: pd.Timestamp) -> tuple[pd.DataFrame, pd.Series]:
+    """Validate the rows of a users *file* (see :func:`canonical_events` for the conventions).
+
+    A users file must have ``user_id``, ``email`` and ``created_at`` columns
+    (:data:`USER_FILE_REQUIRED`); single values of ``email``/``created_at`` may be empty (the
+    user is kept: its other fields still link it to an account). Bad rows: ``empty user_id``,
+    ``unparseable created_at``, ``future created_at``. Users derived from Segment ``identify``
+    calls go through :func:`canonical_profiles` instead (they may lack email and created_at).
+
+    Returns
+    -------
+    users : DataFrame
+        ``features.schema.USER_COLUMNS``, same index as ``frame``.
+    reasons : Series
+        ``""`` or the row's quarantine reason. Duplicate ids are not checked here.
+    """
+    path = Path(path)
+    _require(frame, USER_FILE_REQUIRED, path, "users")
     reasons = _new_reasons(frame)
     user_id = _ids(frame["user_id"])
     _mark(reasons, user_id.isna().to_numpy(), empty_reason("user_id"))
-    created = _timestamps(frame, "created_at", path, now, reasons, required=False)
+    created = _timestamps(frame, "created_at", path, future_limit, reasons, required=False)
     email = _text_or_null(frame, "email").str.lower()
     users = pd.DataFrame({"user_id": user_id, "email": email, "created_at": created,
                           "account_id": _text_or_null(frame, "account_id"),
@@ -577,12 +735,26 @@ def _canonical_users(frame: pd.DataFrame, path: Path, now: pd.Timestamp):
     return users.astype(USER_COLUMNS), reasons
 
 
-def _canonical_accounts(frame: pd.DataFrame, path: Path, now: pd.Timestamp):
+def canonical_accounts(frame: pd.DataFrame, path: str | os.PathLike,
+                       future_limit: pd.Timestamp) -> tuple[pd.DataFrame, pd.Series]:
+    """Validate the rows of an accounts file (see :func:`canonical_events` for the conventions).
+
+    Required: ``account_id``. Bad rows: ``empty account_id``, ``unparseable created_at``,
+    ``future created_at``. Every non-reserved column is kept as a fit attribute, with its type.
+
+    Returns
+    -------
+    accounts : DataFrame
+        ``features.schema.ACCOUNT_RESERVED`` columns, then the fit attributes.
+    reasons : Series
+        ``""`` or the row's quarantine reason. Duplicate ids are not checked here.
+    """
+    path = Path(path)
     _require(frame, ACCOUNT_REQUIRED, path, "accounts")
     reasons = _new_reasons(frame)
     account_id = _ids(frame["account_id"])
     _mark(reasons, account_id.isna().to_numpy(), empty_reason("account_id"))
-    created = _timestamps(frame, "created_at", path, now, reasons, required=False)
+    created = _timestamps(frame, "created_at", path, future_limit, reasons, required=False)
     domain = _text_or_null(frame, "domain").str.lower()
     aliases = _text_or_null(frame, "domain_aliases").str.lower().str.replace(r"\s+", "", regex=True)
     accounts = pd.DataFrame({"account_id": account_id, "domain": domain, "domain_aliases": aliases,
@@ -593,14 +765,74 @@ def _canonical_accounts(frame: pd.DataFrame, path: Path, now: pd.Timestamp):
     return accounts, reasons
 
 
-def _canonical_conversions(frame: pd.DataFrame, path: Path, now: pd.Timestamp):
+def canonical_conversions(frame: pd.DataFrame, path: str | os.PathLike,
+                          future_limit: pd.Timestamp) -> tuple[pd.DataFrame, pd.Series]:
+    """Validate the rows of a conversions file (see :func:`canonical_events` for the conventions).
+
+    Bad rows: ``empty account_id``, ``unparseable converted_at``, ``empty converted_at``,
+    ``future converted_at``. ``unknown account`` needs the other tables and is checked by
+    :func:`load_dataset`.
+    """
+    path = Path(path)
     _require(frame, CONVERSION_REQUIRED, path, "conversions")
     reasons = _new_reasons(frame)
     account_id = _ids(frame["account_id"])
     _mark(reasons, account_id.isna().to_numpy(), empty_reason("account_id"))
-    converted = _timestamps(frame, "converted_at", path, now, reasons, required=True)
+    converted = _timestamps(frame, "converted_at", path, future_limit, reasons, required=True)
     conversions = pd.DataFrame({"account_id": account_id, "converted_at": converted})
     return conversions.astype(CONVERSION_COLUMNS), reasons
+
+
+def canonical_profiles(tables: segment.SegmentTables) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Canonical users and accounts from Segment ``identify``/``group`` calls.
+
+    The contract's rules for profile messages, shared by :func:`load_dataset` and the webhook
+    ingest: :func:`features.segment.split_messages` rejects ``identify`` without a user and
+    ``group`` without a ``groupId`` (``tables.rejected``) and nulls a ``traits.createdAt`` that
+    does not parse or lies after its ``future_limit`` (``tables.nulled``, counted in
+    ``TableReport.nulled``); this function gives the result the canonical columns and dtypes.
+    Unlike a users file, ``email`` and ``created_at`` may be null here.
+
+    Parameters
+    ----------
+    tables : SegmentTables
+        From ``split_messages(raw, future_limit=now + FUTURE_TOLERANCE)``.
+
+    Returns
+    -------
+    users : DataFrame
+        ``features.schema.USER_COLUMNS``; email lower-cased as for users files.
+    accounts : DataFrame
+        ``features.schema.ACCOUNT_RESERVED`` columns, then fit traits.
+
+    Examples
+    --------
+    >>> raw = segment.messages_to_frame([{"type": "identify", "userId": "u1",
+    ...     "traits": {"email": " Ann@Acme.COM ", "createdAt": "not a date"}}])
+    >>> users, accounts = canonical_profiles(segment.split_messages(raw))
+    >>> users[["user_id", "email"]].values.tolist(), users["created_at"].isna().item()
+    ([['u1', 'ann@acme.com']], True)
+    """
+    users = tables.users.reindex(columns=list(USER_COLUMNS))
+    users = users.astype({c: d for c, d in USER_COLUMNS.items() if c != "created_at"})
+    users["created_at"] = users["created_at"].astype(TIMESTAMP_DTYPE)
+    users["email"] = users["email"].str.strip().str.lower()  # as for users files
+    users = users.astype(USER_COLUMNS)
+    accounts = tables.accounts.copy()
+    for col, dtype in ACCOUNT_RESERVED.items():
+        if col not in accounts.columns:
+            accounts[col] = pd.Series(pd.NA, index=accounts.index, dtype=dtype)
+    accounts = accounts.astype(ACCOUNT_RESERVED)
+    reserved = list(ACCOUNT_RESERVED)
+    accounts = accounts[reserved + [c for c in accounts.columns if c not in reserved]]
+    return users, accounts
+
+
+# Private names kept for callers written before these were public (serving/ingest.py).
+_canonical_events = canonical_events
+_canonical_users = canonical_users
+_canonical_accounts = canonical_accounts
+_canonical_conversions = canonical_conversions
 
 
 def _empty(table: str) -> pd.DataFrame:
@@ -789,8 +1021,8 @@ def load_dataset(data_dir: str | Path, *, quarantine: bool = True,
     quarantined: dict[str, pd.DataFrame] = {}
     seg: segment.SegmentTables | None = None
 
-    builders = {"events": _canonical_events, "users": _canonical_users,
-                "accounts": _canonical_accounts}
+    builders = {"events": canonical_events, "users": canonical_users,
+                "accounts": canonical_accounts}
     raws: dict[str, _Raw] = {}
     for table in ("events", "users", "accounts", "conversions"):
         path = files[table]
@@ -804,7 +1036,7 @@ def load_dataset(data_dir: str | Path, *, quarantine: bool = True,
         frame = raw.frame
         extra_bad = []
         if table == "events" and segment.looks_like_segment(frame):
-            seg = segment.split_messages(frame)
+            seg = segment.split_messages(frame, future_limit=limit)
             report.routed = seg.routed
             if len(seg.rejected):
                 rej_rows = set(seg.rejected["_row"].tolist())
@@ -838,18 +1070,13 @@ def load_dataset(data_dir: str | Path, *, quarantine: bool = True,
         frames[table] = canonical[keep].reset_index(drop=True)
 
     if seg is not None:
-        seg_users = seg.users.reindex(columns=list(USER_COLUMNS))
-        seg_users = seg_users.astype({c: d for c, d in USER_COLUMNS.items() if c != "created_at"})
-        seg_users["created_at"] = seg_users["created_at"].astype(TIMESTAMP_DTYPE)
-        seg_users["email"] = seg_users["email"].str.strip().str.lower()  # as for users files
+        seg_users, seg_accounts = canonical_profiles(seg)
+        # Trait values dropped while their message was used: counted, never silent.
+        for (table, reason), n in seg.nulled.groupby(["table", "reason"]).size().items():
+            reports[table].nulled[reason] = reports[table].nulled.get(reason, 0) + int(n)
         before = len(frames["users"])
         frames["users"] = _merge_profiles(frames["users"], seg_users, "user_id").astype(USER_COLUMNS)
         reports["users"].from_segment = len(frames["users"]) - before
-        seg_accounts = seg.accounts.copy()
-        for col, dtype in ACCOUNT_RESERVED.items():
-            if col not in seg_accounts.columns:
-                seg_accounts[col] = pd.Series(pd.NA, index=seg_accounts.index, dtype=dtype)
-        seg_accounts = seg_accounts.astype(ACCOUNT_RESERVED)
         before = len(frames["accounts"])
         merged = _merge_profiles(frames["accounts"], seg_accounts, "account_id")
         frames["accounts"] = merged.astype(ACCOUNT_RESERVED)
@@ -860,7 +1087,7 @@ def load_dataset(data_dir: str | Path, *, quarantine: bool = True,
     if files["conversions"] is not None:
         path, raw = files["conversions"], raws["conversions"]
         report = reports["conversions"]
-        canonical, reasons = _canonical_conversions(raw.frame, path, limit)
+        canonical, reasons = canonical_conversions(raw.frame, path, limit)
         if has_accounts:
             known = pd.Index(frames["accounts"]["account_id"].dropna().unique()).union(
                 pd.Index(frames["users"]["account_id"].dropna().unique())).union(
@@ -886,33 +1113,36 @@ def load_dataset(data_dir: str | Path, *, quarantine: bool = True,
 
     users_total, unlinkable = _linkability(frames["users"], frames["events"])
     converters = int(frames["conversions"]["account_id"].nunique())
-    warnings = []
-    if files["conversions"] is None:
-        warnings.append("no conversions table: a model cannot be trained (scoring can only use "
-                        "milestone rules)")
-    elif converters < MIN_CONVERTERS:
-        warnings.append(f"only {converters} converting accounts (fewer than {MIN_CONVERTERS}): "
-                        f"a trained model will be unreliable")
-    if unlinkable:
-        warnings.append(f"{unlinkable:,} of {users_total:,} users ({unlinkable / users_total:.1%}) "
-                        f"have no account id, corporate email domain or inviter: their milestones "
-                        f"cannot roll up to an account")
-    if frames["events"].empty:
-        warnings.append("no usable events")
-    for table, rep in reports.items():
-        if rep.quarantined_total:
-            warnings.append(f"{rep.quarantined_total:,} {table} rows quarantined "
-                            f"({rep.quarantined_total / max(rep.rows_read, 1):.1%})")
-
     report = ValidationReport(
         data_dir=str(data_dir), tables=reports, level=detect_level(frames["events"]),
-        warnings=warnings, segment=seg is not None, users_total=users_total,
+        segment=seg is not None, users_total=users_total,
         users_unlinkable=unlinkable, converters=converters, quarantine_files=written)
+    report.warnings = report_warnings(report)
     return Dataset(events=frames["events"], users=frames["users"], accounts=frames["accounts"],
                    conversions=frames["conversions"], report=report)
 
 
-def validate(data_dir: str | Path, *, quarantine: bool = True,
-             now: dt.datetime | None = None) -> ValidationReport:
-    """Check a data directory against the contract and return the report (see :func:`load_dataset`)."""
-    return load_dataset(data_dir, quarantine=quarantine, now=now).report
+def validate(data_dir: str | Path, *, quarantine: bool = True, now: dt.datetime | None = None,
+             resolve: bool = True) -> ValidationReport:
+    """Check a data directory against the contract and return the report (``pql validate``).
+
+    Parameters
+    ----------
+    data_dir, quarantine, now
+        As for :func:`load_dataset`.
+    resolve : bool
+        Also run identity resolution (:func:`features.identity.resolve_accounts`) on the loaded
+        tables and attach its report (``report.resolution``); the "users not linkable" line and
+        warning then count the users it left unresolved.
+
+    Raises
+    ------
+    ContractError
+        As for :func:`load_dataset`.
+    """
+    ds = load_dataset(data_dir, quarantine=quarantine, now=now)
+    if resolve:
+        from features.identity import resolve_accounts
+
+        ds.report.attach_resolution(resolve_accounts(ds.users, ds.events, ds.accounts).report)
+    return ds.report

@@ -31,6 +31,7 @@ __all__ = [
     "registered_domain",
     "match_domain_suffix",
     "lookup",
+    "positions",
 ]
 
 
@@ -103,18 +104,52 @@ def normalize_domain(values: pd.Series) -> pd.Series:
     return s.astype(object).where(valid)
 
 
-def lookup(values: pd.Series, keys, mapped, default=np.nan) -> pd.Series:
-    """Map ``values`` through ``keys -> mapped`` by hashing (fast on millions of strings).
+def _as_arrow_strings(values):
+    import pyarrow as pa
 
-    ``keys`` must be unique. Values not among the keys (or null) get ``default``.
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        arr = values
+    else:
+        arr = pa.array(values if isinstance(values, pd.Series) else np.asarray(values, dtype=object), from_pandas=True)
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        arr = arr.cast(pa.large_string()) if not pa.types.is_null(arr.type) else pa.array([None] * len(arr), pa.large_string())
+    return arr.cast(pa.large_string())
+
+
+def positions(values, keys) -> np.ndarray:
+    """Position of each value among ``keys`` (-1 when absent or null), hashed in Arrow.
+
+    Arrow's ``index_in`` hashes the strings in C++ without making Python objects, which is what
+    keeps look-ups over millions of ids cheap.
+
+    Examples
+    --------
+    >>> positions(pd.Series(["b", "x", None]), ["a", "b"]).tolist()
+    [1, -1, -1]
+    """
+    import pyarrow.compute as pc
+
+    vals = _as_arrow_strings(values)
+    if len(vals) == 0:
+        return np.empty(0, dtype=np.int64)
+    ks = _as_arrow_strings(keys)
+    if len(ks) == 0:
+        return np.full(len(vals), -1, dtype=np.int64)
+    pos = pc.fill_null(pc.index_in(vals, value_set=ks), -1)
+    return np.asarray(pos.to_numpy(zero_copy_only=False) if hasattr(pos, "to_numpy") else pos, dtype=np.int64)
+
+
+def lookup(values: pd.Series, keys, mapped, default=np.nan) -> pd.Series:
+    """Map ``values`` through ``keys -> mapped`` (first occurrence of a key wins).
+
+    Values not among the keys (or null) get ``default``.
 
     Examples
     --------
     >>> lookup(pd.Series(["b", "x", None]), ["a", "b"], [1, 2], default=0).tolist()
     [2, 0, 0]
     """
-    idx = pd.Index(np.asarray(keys, dtype=object))
-    pos = idx.get_indexer(np.asarray(values, dtype=object))
+    pos = positions(values, keys)
     mapped = np.asarray(mapped)
     if mapped.dtype.kind in "biuf" and not isinstance(default, (int, float, bool)):
         mapped = mapped.astype(object)
@@ -217,10 +252,9 @@ def match_domain_suffix(domains: pd.Series, known: Mapping[str, str] | pd.Series
     ['A1', 'A1', nan]
     """
     known = pd.Series(known, dtype="object") if not isinstance(known, pd.Series) else known
-    known = known[~known.index.duplicated()]
-    keys = pd.Index(np.asarray(known.index, dtype=object))
+    keys = np.asarray(known.index, dtype=object)
     uniq = pd.Series(domains.dropna().unique(), dtype="object")
     vals = known.to_numpy(dtype=object)
-    matched = _suffix_walk(uniq, lambda c: pd.Series(keys.get_indexer(c.to_numpy(dtype=object)) >= 0, index=c.index))
+    matched = _suffix_walk(uniq, lambda c: pd.Series(positions(c, keys) >= 0, index=c.index))
     hit = lookup(matched, keys, vals)
     return lookup(domains, uniq, hit.to_numpy(dtype=object)).astype(object)

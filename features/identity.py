@@ -40,6 +40,7 @@ from features.domains import (
     email_domain,
     lookup,
     match_domain_suffix,
+    positions,
     normalize_domain,
     registered_domain,
 )
@@ -115,6 +116,9 @@ class ResolutionReport:
         Users whose domain belongs to several accounts (not used as evidence).
     ambiguous_name_users : int
         Users whose company name matched several accounts equally well (not used).
+    name_vetoed_users : int
+        Users with a corporate domain no account has whose company name was only *similar* to an
+        account name (not used: the unknown domain says it is another company).
     explicit_unknown_accounts : int
         Distinct explicit account ids that are not in the accounts table (kept, but worth a look).
     link_rounds : int
@@ -129,6 +133,7 @@ class ResolutionReport:
     disposable_users: int = 0
     ambiguous_domain_users: int = 0
     ambiguous_name_users: int = 0
+    name_vetoed_users: int = 0
     explicit_unknown_accounts: int = 0
     link_rounds: int = 0
 
@@ -160,10 +165,11 @@ class ResolutionReport:
         lines.append(
             f"  free-mail users: {self.free_mail_users:,}   disposable users: {self.disposable_users:,}"
         )
-        if self.ambiguous_domain_users or self.ambiguous_name_users:
+        if self.ambiguous_domain_users or self.ambiguous_name_users or self.name_vetoed_users:
             lines.append(
-                f"  ambiguous (not used): domain {self.ambiguous_domain_users:,}, "
-                f"company name {self.ambiguous_name_users:,}"
+                f"  not used: ambiguous domain {self.ambiguous_domain_users:,}, "
+                f"ambiguous company name {self.ambiguous_name_users:,}, "
+                f"similar name but unknown corporate domain {self.name_vetoed_users:,}"
             )
         if self.explicit_unknown_accounts:
             lines.append(
@@ -248,10 +254,10 @@ class _Codes:
     """User id → integer code (row of the known-users table); -1 for unknown ids."""
 
     def __init__(self, user_ids: pd.Series):
-        self.index = pd.Index(user_ids.to_numpy(dtype=object))
+        self.user_ids = user_ids
 
     def __call__(self, values) -> np.ndarray:
-        return self.index.get_indexer(np.asarray(values, dtype=object))
+        return positions(values, self.user_ids)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,7 +324,7 @@ def _scan_events(events: pd.DataFrame) -> dict[str, pd.DataFrame]:
         con.close()
     for c in ("workspace_id", "invitee_email", "company"):
         props[c] = _col(props, c)
-    out["workspaces"] = props.loc[props.workspace_id.notna(), ["user_id", "workspace_id"]].drop_duplicates()
+    out["workspaces"] = props.loc[props.workspace_id.notna(), ["user_id", "workspace_id"]]
     out["invites"] = props.loc[props.invitee_email.notna(), ["user_id", "invitee_email"]].drop_duplicates()
     comp = props.loc[props.company.notna(), ["user_id", "company"]]
     comp = comp.groupby(["user_id", "company"], sort=False).size().rename("n").reset_index()
@@ -341,7 +347,7 @@ def _known_users(users: pd.DataFrame, scanned: dict) -> pd.DataFrame:
         # Several rows for one user (e.g. re-imports): keep the last non-null value per field.
         u = u.groupby("user_id", sort=False).last().reset_index()
     seen = scanned["users"]["user_id"].astype("str")
-    extra = seen[pd.Index(u.user_id.to_numpy(dtype=object)).get_indexer(seen.to_numpy(dtype=object)) < 0]
+    extra = seen[positions(seen, u.user_id) < 0]
     u = pd.concat([u, pd.DataFrame({"user_id": extra})], ignore_index=True)
     u = u.astype({c: "str" for c in u.columns})
     comp = scanned["companies"]
@@ -451,7 +457,7 @@ def _workspaces(scanned: dict, code: _Codes) -> tuple[np.ndarray, np.ndarray, in
     if len(ws) == 0:
         return np.empty(0, np.int64), np.empty(0, np.int64), 0
     user = code(ws["user_id"])
-    ws_code, ws_names = pd.factorize(ws["workspace_id"].to_numpy(dtype=object))
+    ws_code, ws_names = pd.factorize(ws["workspace_id"].astype("str"))
     keep = user >= 0
     m = pd.DataFrame({"u": user[keep], "w": ws_code[keep]}).drop_duplicates()
     return m["u"].to_numpy(np.int64), m["w"].to_numpy(np.int64), len(ws_names)
@@ -555,6 +561,14 @@ def _name_candidates(company: pd.Series, accounts: pd.DataFrame, threshold: floa
     if queries.empty:
         return empty
 
+    q_arr = queries.to_numpy(dtype=object)
+    n_arr = names["norm"].to_numpy(dtype=object)
+    # Exact normalised matches first (most typed names differ from the CRM only by case,
+    # punctuation or legal form); only the rest pays for fuzzy scoring.
+    exact_pos = positions(queries, names["norm"])
+    exact = pd.DataFrame({"i_q": np.flatnonzero(exact_pos >= 0), "i_n": exact_pos[exact_pos >= 0], "score": 100.0})
+    rest = queries[exact_pos < 0]
+
     def keys(s: pd.Series) -> pd.DataFrame:
         tok = s.str.split(" ").explode()
         tok = tok[tok.str.len() >= 3]
@@ -562,18 +576,20 @@ def _name_candidates(company: pd.Series, accounts: pd.DataFrame, threshold: floa
         k = pd.concat([("t:" + tok), ("p:" + pre)])
         return pd.DataFrame({"i": k.index.to_numpy(), "key": k.to_numpy(dtype=object)}).drop_duplicates()
 
-    nk = keys(names["norm"])
-    size = nk.groupby("key").size()
-    nk = nk[nk["key"].map(size).to_numpy() <= _MAX_BLOCK_SIZE]
-    qk = keys(queries)
-    pairs = qk.merge(nk, on="key", suffixes=("_q", "_n"))[["i_q", "i_n"]].drop_duplicates()
-    if pairs.empty:
-        return empty
-    q_arr = queries.to_numpy(dtype=object)
-    n_arr = names["norm"].to_numpy(dtype=object)
-    pairs["score"] = process.cpdist(
-        q_arr[pairs.i_q.to_numpy()].tolist(), n_arr[pairs.i_n.to_numpy()].tolist(), scorer=fuzz.token_sort_ratio, workers=-1
-    )
+    fuzzy = exact.iloc[:0]
+    if len(rest):
+        nk = keys(names["norm"])
+        size = nk.groupby("key").size()
+        nk = nk[nk["key"].map(size).to_numpy() <= _MAX_BLOCK_SIZE]
+        fuzzy = keys(rest).merge(nk, on="key", suffixes=("_q", "_n"))[["i_q", "i_n"]].drop_duplicates()
+        if len(fuzzy):
+            fuzzy["score"] = process.cpdist(
+                q_arr[fuzzy.i_q.to_numpy()].tolist(),
+                n_arr[fuzzy.i_n.to_numpy()].tolist(),
+                scorer=fuzz.token_sort_ratio,
+                workers=-1,
+            )
+    pairs = pd.concat([exact, fuzzy], ignore_index=True)
     pairs = pairs[pairs.score >= threshold]
     if pairs.empty:
         return empty
@@ -682,6 +698,12 @@ def resolve_accounts(
 
     # 4. company name
     name, name_score, name_amb = _name_candidates(u["company"], accounts, float(name_threshold))
+    # A corporate domain that no account has is evidence of a company the CRM lacks; a merely
+    # similar name (a neighbour in the CRM) must not override it — only an exact name match may.
+    unknown_domain = corporate & dom_match.isna().to_numpy()
+    vetoed = unknown_domain[name.index.to_numpy()] & (name_score.reindex(name.index).to_numpy() < 100.0)
+    report.name_vetoed_users = int(vetoed.sum())
+    name = name[~vetoed]
 
     # Settle by precedence: each method fills only users no earlier method resolved.
     acc = np.full(n, None, dtype=object)
@@ -702,7 +724,7 @@ def resolve_accounts(
     report.ambiguous_name_users = int(name_amb[unresolved[name_amb.index.to_numpy()]].sum()) if len(name_amb) else 0
 
     # 5. provisional: corporate domain that no account has (nor any parent of it).
-    todo = unresolved & corporate & dom_match.isna().to_numpy()
+    todo = unresolved & unknown_domain
     prov = registered_domain(dom[todo]).dropna()
     idx = prov.index.to_numpy()
     acc[idx] = (PROVISIONAL_PREFIX + prov.astype(object)).to_numpy(dtype=object)

@@ -344,63 +344,72 @@ def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Ta
     ev = ev.mutate(bucket=plan.bucket(ev.timestamp))
     ev = ev.mutate(decay_b=((plan.bucket_epoch(ev.bucket) - _epoch(ev.timestamp)) * (-plan.rate)).exp())
 
-    # Qualification flags only for milestones whose rule is more than "event in list".
-    needs_start = any(m.within_days for m in milestones)
-    if needs_start:
-        ev = _left(ev, started, ["account_id"])
-    flags: dict[str, ir.BooleanValue] = {}
-    for m in milestones:
-        cond = None
-        if m.where:
-            cond = _where_predicate(ev.properties, m.where)
-        if m.within_days:
-            w = ev.timestamp <= ev.start + ibis.interval(days=m.within_days)
-            cond = w if cond is None else cond & w
-        if cond is not None:
-            flags[f"q__{m.name}"] = ev.event.isin(m.events) & cond.fill_null(False)
-    if flags:
-        ev = ev.mutate(**flags)
+    # Milestone parameters as a small table, so one join/window serves every milestone (a plan
+    # whose size does not grow with the number of milestones compiles and runs faster).
+    params = ibis.memtable(pd.DataFrame({
+        "m": [m.name for m in milestones], "cat": [m.category for m in milestones],
+        "min_count": pd.Series([m.min_count for m in milestones], dtype="int64"),
+        "min_users": pd.Series([m.min_users for m in milestones], dtype="int64")}))
+    # Rules beyond "event in list" (where / within_days) are checked on event-level rows.
+    flagged = [m for m in milestones if m.where or m.within_days]
+    simple = [m for m in milestones if not (m.where or m.within_days)]
+    eventwise = [m for m in milestones if m.where or m.within_days or m.min_count > 1]
 
-    # --- the compact table: one row per (account, user, event, bucket, flags)
-    compact_keys = ["account_id", "user_id", "event", "is_mkt", "bucket", *flags]
-    compact = mat(ev.group_by(compact_keys).aggregate(
+    # --- the compact table: one row per (account, user, event, bucket); the one full pass
+    compact = mat(ev.group_by("account_id", "user_id", "event", "is_mkt", "bucket").aggregate(
         n=ev.count(), first_ts=ev.timestamp.min(), last_ts=ev.timestamp.max(), s=ev.decay_b.sum()))
     product = compact.filter(~compact.is_mkt)
 
-    # --- per-milestone qualifying rows (long), from the compact table
-    def qualifying(t: ir.Table, m) -> ir.BooleanValue:
-        flag = f"q__{m.name}"
-        return t[flag] if flag in flags else t.event.isin(m.events)
+    # --- event-level qualifying rows, only for the milestones that need them
+    qev = None
+    if eventwise:
+        needed = sorted({e for m in eventwise for e in m.events})
+        sub = ev.filter(~ev.is_mkt & ev.event.isin(needed))
+        if any(m.within_days for m in eventwise):
+            sub = _left(sub, started, ["account_id"])
+        parts = []
+        for m in eventwise:
+            cond = sub.event.isin(m.events)
+            if m.where:
+                cond = cond & _where_predicate(sub.properties, m.where)
+            if m.within_days:
+                cond = cond & (sub.timestamp <= sub.start + ibis.interval(days=m.within_days))
+            parts.append(sub.filter(cond).select("account_id", "user_id", "timestamp", "bucket", "decay_b",
+                                                 m=ibis.literal(m.name)))
+        qev = mat(ibis.union(*parts) if len(parts) > 1 else parts[0])
 
-    long_parts = [product.filter(qualifying(product, m)).mutate(m=ibis.literal(m.name)) for m in milestones]
-    mlong = ibis.union(*long_parts) if len(long_parts) > 1 else long_parts[0]
-    mlong = mat(mlong.select("account_id", "user_id", "m", "bucket", "n", "first_ts", "last_ts", "s"))
+    # --- per-milestone qualifying rows (long): compact rows for simple rules, qev for the rest
+    long_parts = []
+    if simple:
+        mapping = ibis.memtable(pd.DataFrame(
+            [(e, m.name) for m in simple for e in m.events], columns=["event", "m"]))
+        j = product.join(mapping, "event")
+        long_parts.append(j.select("account_id", "user_id", "m", "bucket", "n", "first_ts", "last_ts", "s"))
+    if flagged:
+        fq = qev.filter(qev.m.isin([m.name for m in flagged]))
+        long_parts.append(fq.group_by("account_id", "user_id", "m", "bucket").aggregate(
+            n=fq.count(), first_ts=fq.timestamp.min(), last_ts=fq.timestamp.max(), s=fq.decay_b.sum()))
+    mlong = mat(ibis.union(*long_parts) if len(long_parts) > 1 else long_parts[0])
 
     # per (account, milestone, user): first qualifying time -> distinct users, min_users time
-    per_user = mlong.group_by("account_id", "m", "user_id").aggregate(
-        user_first=mlong.first_ts.min(), user_bucket=mlong.bucket.min())
+    per_user = mat(mlong.group_by("account_id", "m", "user_id").aggregate(
+        user_first=mlong.first_ts.min(), user_bucket=mlong.bucket.min()))
 
     # counts per (account, m, k), cumulative over buckets
     per_bucket = mlong.group_by("account_id", "m", "bucket").aggregate(
         n=mlong.n.sum(), last_ts=mlong.last_ts.max(), s=mlong.s.sum())
     new_users = per_user.group_by("account_id", "m", bucket=per_user.user_bucket).aggregate(new_users=ibis._.count())
-    per_bucket = per_bucket.outer_join(new_users, ["account_id", "m", "bucket"]).select(
-        account_id=ibis.coalesce(per_bucket.account_id, new_users.account_id),
-        m=ibis.coalesce(per_bucket.m, new_users.m),
-        bucket=ibis.coalesce(per_bucket.bucket, new_users.bucket),
-        n=per_bucket.n, last_ts=per_bucket.last_ts, s=per_bucket.s, new_users=new_users.new_users)
+    per_bucket = _left(per_bucket, new_users, ["account_id", "m", "bucket"])  # a user's first bucket has rows
     mcum = plan.accumulate(per_bucket, ["account_id", "m"], sums=["n", "new_users"], maxs=["last_ts"],
                            decays=["s"])
 
     # --- reached_at per (account, milestone): cutoff-independent
-    reached = _reached_at(ev, per_user, milestones, flags, mat)
+    reached = _reached_at(per_user, qev, params, [m.name for m in milestones if m.min_count > 1])
     reached_wide = reached.group_by("account_id").aggregate(**{
         f"ra__{m.name}": reached.reached_at.max(where=reached.m == m.name) for m in milestones})
 
     # --- users per category (per-user reached times) and user activity rollup
-    user_reached = _user_reached_at(ev, per_user, milestones, flags)
-    cat_of = {m.name: m.category for m in milestones}
-    ur = user_reached.mutate(cat=_cases([(user_reached.m == n, c) for n, c in cat_of.items()]))
+    ur = _user_reached_at(per_user, qev, params, [m.name for m in milestones if m.min_count > 1])
     ur = ur.group_by("account_id", "user_id", "cat").aggregate(t=ur.user_reached_at.min())
     ur = ur.mutate(bucket=plan.bucket(ur.t)).filter(ibis._.bucket.notnull())
     ucat = ur.group_by("account_id", "cat", "bucket").aggregate(n=ibis._.count())
@@ -504,50 +513,43 @@ def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Ta
     return x.select(**cols).order_by(["cutoff", "account_id"])
 
 
-def _reached_at(ev: ir.Table, per_user: ir.Table, milestones, flags, mat: Materialize) -> ir.Table:
-    """(account_id, m, reached_at): when min_count events AND min_users users had happened."""
-    parts = []
-    for m in milestones:
-        pu = per_user.filter(per_user.m == m.name)
-        if m.min_users > 1:
-            # k-th distinct user's first qualifying time
-            rn = ibis.row_number().over(group_by=pu.account_id, order_by=[pu.user_first, pu.user_id])
-            users_t = (pu.mutate(rn=rn).filter(ibis._.rn == m.min_users - 1)
-                       .select("account_id", users_t=ibis._.user_first))
-        else:
-            users_t = pu.group_by("account_id").aggregate(users_t=pu.user_first.min())
-        if m.min_count > 1:
-            # k-th qualifying event overall needs event-level rows (only this milestone's events)
-            q = ev.filter(ev[f"q__{m.name}"] if f"q__{m.name}" in flags else ev.event.isin(m.events))
-            q = q.filter(~q.is_mkt)
-            rn = ibis.row_number().over(group_by=q.account_id, order_by=q.timestamp)
-            count_t = (q.mutate(rn=rn).filter(ibis._.rn == m.min_count - 1)
-                       .select("account_id", count_t=ibis._.timestamp))
-            both = users_t.join(count_t, "account_id")
-            part = both.select("account_id", reached_at=ibis.greatest(both.users_t, both.count_t))
-        else:
-            part = users_t.select("account_id", reached_at=users_t.users_t)
-        parts.append(part.select("account_id", reached_at=part.reached_at.cast("timestamp"),
-                                 m=ibis.literal(m.name)))
-    return mat(ibis.union(*parts) if len(parts) > 1 else parts[0])
+def _nth(t: ir.Table, partition: list[str], order: list[str], n_col: str, value: str, out: str) -> ir.Table:
+    """Rows holding the ``n_col``-th smallest ``value`` per partition (1-based; n varies per row)."""
+    rn = ibis.row_number().over(group_by=[t[c] for c in partition], order_by=[t[c] for c in order])
+    t = t.mutate(_rn=rn)
+    return t.filter(t._rn + 1 == t[n_col]).select(*partition, **{out: t[value]})
 
 
-def _user_reached_at(ev: ir.Table, per_user: ir.Table, milestones, flags) -> ir.Table:
-    """(account_id, user_id, m, user_reached_at): when that user alone met the rule's min_count."""
-    parts = []
-    for m in milestones:
-        if m.min_count > 1:
-            q = ev.filter(ev[f"q__{m.name}"] if f"q__{m.name}" in flags else ev.event.isin(m.events))
-            q = q.filter(~q.is_mkt)
-            rn = ibis.row_number().over(group_by=[q.account_id, q.user_id], order_by=q.timestamp)
-            part = (q.mutate(rn=rn).filter(ibis._.rn == m.min_count - 1)
-                    .select("account_id", "user_id", user_reached_at=ibis._.timestamp))
-        else:
-            pu = per_user.filter(per_user.m == m.name)
-            part = pu.select("account_id", "user_id", user_reached_at=pu.user_first)
-        parts.append(part.select("account_id", "user_id", m=ibis.literal(m.name),
-                                 user_reached_at=part.user_reached_at.cast("timestamp")))
-    return ibis.union(*parts) if len(parts) > 1 else parts[0]
+def _reached_at(per_user: ir.Table, qev: ir.Table | None, params: ir.Table, counted: list[str]) -> ir.Table:
+    """(account_id, m, reached_at): when the min_count-th qualifying event had happened AND
+    min_users distinct users had done it -- a property of the history before that moment."""
+    pu = per_user.join(params, "m")
+    users_t = _nth(pu, ["account_id", "m"], ["user_first", "user_id"], "min_users", "user_first", "users_t")
+    if not counted:
+        return users_t.select("account_id", "m", reached_at=users_t.users_t.cast("timestamp"))
+    q = qev.filter(qev.m.isin(counted)).join(params, "m")
+    count_t = _nth(q, ["account_id", "m"], ["timestamp"], "min_count", "timestamp", "count_t")
+    both = users_t.left_join(count_t, ["account_id", "m"])
+    # GREATEST skips nulls on DuckDB and Spark: a rule whose min_count is not met must stay null
+    later = ibis.ifelse(both.count_t.isnull(), ibis.null().cast("timestamp"),
+                        ibis.greatest(both.users_t, both.count_t))
+    at = ibis.ifelse(both.m.isin(counted), later, both.users_t)
+    out = both.select("account_id", "m", reached_at=at.cast("timestamp"))
+    return out.filter(out.reached_at.notnull())
+
+
+def _user_reached_at(per_user: ir.Table, qev: ir.Table | None, params: ir.Table, counted: list[str]) -> ir.Table:
+    """(account_id, user_id, cat, user_reached_at): when that user alone met the rule's min_count."""
+    once = per_user.filter(~per_user.m.isin(counted)) if counted else per_user
+    parts = [once.select("account_id", "user_id", "m", user_reached_at=once.user_first.cast("timestamp"))]
+    if counted:
+        q = qev.filter(qev.m.isin(counted)).join(params, "m")
+        nth = _nth(q, ["account_id", "m", "user_id"], ["timestamp"], "min_count", "timestamp", "user_reached_at")
+        parts.append(nth.select("account_id", "user_id", "m",
+                                user_reached_at=nth.user_reached_at.cast("timestamp")))
+    ur = ibis.union(*parts) if len(parts) > 1 else parts[0]
+    ur = ur.join(params, "m")
+    return ur.select("account_id", "user_id", "cat", "user_reached_at")
 
 
 def _sequence_completed_at(step_times: list[ir.TimestampValue], within_days: int) -> ir.TimestampValue:
@@ -603,6 +605,14 @@ def _canonical(df: pd.DataFrame | None, columns: dict[str, str]) -> pd.DataFrame
         except (TypeError, ValueError) as e:
             raise ValueError(f"column '{c}' cannot be read as {dtype}: {e}") from None
     return df
+
+
+def _plain_nulls(df: pd.DataFrame) -> pd.DataFrame:
+    out = df.copy()
+    for c in out.columns:
+        if isinstance(out[c].dtype, pd.StringDtype) or out[c].dtype == object:
+            out[c] = out[c].astype(object).where(out[c].notna(), None)
+    return out
 
 
 def _fill_accounts(events: pd.DataFrame, user_accounts: pd.DataFrame | None) -> pd.DataFrame:
@@ -695,10 +705,14 @@ def compute_features(dataset, spec: MilestoneSpec, cutoffs: Sequence[pd.Timestam
     _warn_unused(spec, events["event"].dropna().unique())
     marketing = sorted(events.loc[events["source"] == "marketing", "event"].dropna().unique())
     con = _connect(engine, con)
+    if con.name != "duckdb":
+        # Spark's pandas conversion turns pd.NA in string columns into the text "<NA>"
+        events, accounts, conversions = (_plain_nulls(d) for d in (events, accounts, conversions))
     tables = {name: ibis.memtable(df) for name, df in
               (("events", events), ("accounts", accounts), ("conversions", conversions))}
+    # Materialising intermediates pays off on big data; on small frames compiling them costs more.
     return _run(con, tables["events"], tables["accounts"], tables["conversions"], spec, cutoffs,
-                fit_cols, _fit_dtypes(accounts, fit_cols), marketing, progress)
+                fit_cols, _fit_dtypes(accounts, fit_cols), marketing, progress, cache=len(events) > 200_000)
 
 
 def compute_features_from_files(events_path, accounts_path, conversions_path, spec: MilestoneSpec,

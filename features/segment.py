@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import pandas as pd
 
-from features.timestamps import to_utc_naive
+from features.timestamps import check_timestamps, to_utc_naive
 
 #: Message types of the Segment spec that this loader understands.
 EVENT_TYPES = ("track", "page", "screen")
@@ -81,6 +81,9 @@ _USER_TRAIT_ALIASES = {
 }
 _SKIP_ACCOUNT_TRAITS = {"id", "groupId", "group_id", "email", "address", "plan_id"}
 
+#: Columns of :attr:`SegmentTables.nulled`.
+NULLED_COLUMNS = ("_row", "table", "column", "field", "reason", "value")
+
 
 @dataclass
 class SegmentTables:
@@ -102,6 +105,13 @@ class SegmentTables:
         ``_row, reason`` for messages that cannot be used (unknown type, missing ids).
     routed : int
         Number of ``identify``/``group`` messages turned into users/accounts rows.
+    nulled : DataFrame
+        Trait values that were dropped (set to null) while the message itself was used:
+        ``_row`` (source row of the message), ``table`` (``users``/``accounts``), ``column``
+        (``created_at``), ``field`` (``traits.createdAt``), ``reason`` (``unparseable created_at``
+        or ``future created_at``, the contract's quarantine reasons) and ``value`` (as text).
+        The contract counts them per table (``TableReport.nulled``); the webhook ingest can
+        point at the offending message.
     """
 
     events: pd.DataFrame
@@ -110,6 +120,11 @@ class SegmentTables:
     user_accounts: pd.DataFrame
     rejected: pd.DataFrame
     routed: int
+    nulled: pd.DataFrame = None  # type: ignore[assignment]  # set in __post_init__
+
+    def __post_init__(self):
+        if self.nulled is None:
+            self.nulled = _empty_nulled()
 
 
 def looks_like_segment(frame: pd.DataFrame, sample: int = 1000) -> bool:
@@ -236,7 +251,34 @@ def _account_rows(groups: pd.DataFrame) -> pd.DataFrame:
     return accounts
 
 
-def split_messages(raw: pd.DataFrame) -> SegmentTables:
+def _empty_nulled() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype="int64" if c == "_row" else object) for c in NULLED_COLUMNS})
+
+
+def _checked_created_at(rows: pd.DataFrame, table: str, message_rows: pd.Series,
+                        future_limit: pd.Timestamp | None) -> pd.DataFrame:
+    """Parse ``rows["created_at"]`` (trait values) in place; return the values that were nulled.
+
+    Done per message, before several messages of one user/account are merged, so that a bad
+    ``createdAt`` in a later call cannot hide a good one from an earlier call.
+    """
+    values = rows["created_at"].astype(object)
+    check = check_timestamps(values, future_limit)
+    dropped = check.unparseable | check.future
+    # Same reason strings as the contract's quarantine reasons (features.contract).
+    reason = np.where(check.unparseable, "unparseable created_at", "future created_at")
+    parsed = check.parsed.mask(pd.Series(check.future, index=rows.index))
+    rows["created_at"] = parsed
+    if not dropped.any():
+        return _empty_nulled()
+    return pd.DataFrame({
+        "_row": message_rows.loc[rows.index[dropped]].to_numpy(dtype="int64"),
+        "table": table, "column": "created_at", "field": "traits.createdAt",
+        "reason": reason[dropped], "value": values[dropped].astype(str).to_numpy(dtype=object),
+    })
+
+
+def split_messages(raw: pd.DataFrame, future_limit: pd.Timestamp | None = None) -> SegmentTables:
     """Split a raw message frame (see :func:`messages_to_frame`) into contract tables.
 
     Parameters
@@ -244,12 +286,16 @@ def split_messages(raw: pd.DataFrame) -> SegmentTables:
     raw : DataFrame
         Columns named as in Segment/RudderStack exports (any subset of :data:`RAW_COLUMNS`),
         JSON objects as text, and ``_row``, the 1-based source row of each message.
+    future_limit : pandas.Timestamp, optional
+        Naive UTC. A ``traits.createdAt`` later than this is nulled (and counted in
+        ``nulled``), as the contract does for ``created_at`` in files; without a limit only
+        unparseable values are nulled. Event rows are not checked here (the contract does).
 
     Returns
     -------
     SegmentTables
         Nothing is dropped silently: each message is an event row, a users/accounts row
-        (``routed``), or ``rejected`` with a reason.
+        (``routed``), or ``rejected`` with a reason; each trait value dropped is in ``nulled``.
     """
     rows = raw["_row"] if "_row" in raw.columns else pd.Series(np.arange(1, len(raw) + 1), index=raw.index)
     f = {name: _first_present(raw, aliases) for name, aliases in FIELD_ALIASES.items()
@@ -283,7 +329,13 @@ def split_messages(raw: pd.DataFrame) -> SegmentTables:
     identifies = profile[is_identify & ok]
     groups = profile[is_group & ok]
 
-    users = _latest_per_key(_user_rows(identifies), "user_id") if len(identifies) else _empty_users()
+    nulled = []
+    if len(identifies):
+        user_rows = _user_rows(identifies)
+        nulled.append(_checked_created_at(user_rows, "users", rows, future_limit))
+        users = _latest_per_key(user_rows, "user_id")
+    else:
+        users = _empty_users()
     links = groups[["user_id", "group_id", "_ts"]].rename(columns={"group_id": "account_id"})
     user_accounts = _latest_per_key(links, "user_id") if len(links) else pd.DataFrame(
         {"user_id": pd.Series(dtype="string"), "account_id": pd.Series(dtype="string")})
@@ -293,17 +345,23 @@ def split_messages(raw: pd.DataFrame) -> SegmentTables:
                             on="user_id", how="outer")
         users["account_id"] = users["_group_account"].fillna(users["account_id"])
         users = users.drop(columns="_group_account")
-    users["created_at"] = to_utc_naive(users["created_at"].astype(object))
-    accounts = _latest_per_key(_account_rows(groups), "account_id") if len(groups) else pd.DataFrame(
-        {"account_id": pd.Series(dtype="string")})
-    if "created_at" in accounts.columns:
-        accounts["created_at"] = to_utc_naive(accounts["created_at"].astype(object))
+    users["created_at"] = to_utc_naive(users["created_at"])  # typed already; NaT for group-only users
+    if len(groups):
+        account_rows = _account_rows(groups)
+        nulled.append(_checked_created_at(account_rows, "accounts", rows, future_limit))
+        accounts = _latest_per_key(account_rows, "account_id")
+        accounts["created_at"] = to_utc_naive(accounts["created_at"])
+    else:
+        accounts = pd.DataFrame({"account_id": pd.Series(dtype="string")})
     accounts = accounts.infer_objects()
+    nulled = [n for n in nulled if len(n)]
     return SegmentTables(events=events.reset_index(drop=True), users=users.reset_index(drop=True),
                          accounts=accounts.reset_index(drop=True),
                          user_accounts=user_accounts.reset_index(drop=True),
                          rejected=rejected.reset_index(drop=True),
-                         routed=int((is_identify | is_group)[ok].sum()))
+                         routed=int((is_identify | is_group)[ok].sum()),
+                         nulled=(pd.concat(nulled, ignore_index=True).sort_values("_row", kind="stable")
+                                 .reset_index(drop=True) if nulled else _empty_nulled()))
 
 
 def _empty_users() -> pd.DataFrame:

@@ -91,21 +91,21 @@ DECOY_EVENTS = ("workspace_created", "user_added")
 #: account is active (it decays with the recency half-life once the account goes quiet).
 DRIVERS: list[dict] = [
     {"name": "invited_teammate", "category": "collaboration", "label": "invited a teammate",
-     "event": "teammate_invited", "min_count": 1, "min_users": 1, "strength": 1.5},
+     "event": "teammate_invited", "min_count": 1, "min_users": 1, "strength": 2.7},
     {"name": "connected_integration", "category": "activation", "label": "connected an integration",
-     "event": "integration_connected", "min_count": 1, "min_users": 1, "strength": 1.2},
+     "event": "integration_connected", "min_count": 1, "min_users": 1, "strength": 2.2},
     {"name": "hit_usage_limit", "category": "expansion", "label": "hit a usage limit",
-     "event": "usage_limit_hit", "min_count": 1, "min_users": 1, "strength": 1.0},
+     "event": "usage_limit_hit", "min_count": 1, "min_users": 1, "strength": 1.8},
     {"name": "created_three_projects", "category": "adoption", "label": "created 3+ projects",
-     "event": "project_created", "min_count": 3, "min_users": 1, "strength": 0.85},
+     "event": "project_created", "min_count": 3, "min_users": 1, "strength": 1.5},
     {"name": "three_users_active", "category": "collaboration", "label": "3+ users used a feature",
-     "event": "feature_used", "min_count": 1, "min_users": 3, "strength": 0.7},
+     "event": "feature_used", "min_count": 1, "min_users": 3, "strength": 1.25},
     {"name": "shared_project", "category": "collaboration", "label": "shared a project",
-     "event": "project_shared", "min_count": 1, "min_users": 1, "strength": 0.55},
+     "event": "project_shared", "min_count": 1, "min_users": 1, "strength": 1.0},
     {"name": "viewed_reports_repeatedly", "category": "adoption", "label": "viewed reports 3+ times",
-     "event": "report_viewed", "min_count": 3, "min_users": 1, "strength": 0.5},
+     "event": "report_viewed", "min_count": 3, "min_users": 1, "strength": 0.9},
     {"name": "tried_premium_feature", "category": "expansion", "label": "tried a premium feature",
-     "event": "premium_feature_tried", "min_count": 1, "min_users": 1, "strength": 0.45},
+     "event": "premium_feature_tried", "min_count": 1, "min_users": 1, "strength": 0.8},
 ]
 #: Milestones that matter only as steps of a sequence.
 STEP_MILESTONES: list[dict] = [
@@ -123,7 +123,7 @@ RENAMED = {"integration_connected": "integration_added"}  # renamed by the same 
 FIT_ICP = {"core": 0.6, "adjacent": 0.0, "outside": -0.8}
 FIT_EMPLOYEES_PER_DECADE = 0.3  # log-hazard per x10 employees above 50, clipped to [-1, 1.5] decades
 RECENCY_HALF_LIFE_DAYS = 14.0
-BASE_LOG_HAZARD = -8.3
+BASE_LOG_HAZARD = -9.3
 ACCOUNT_NOISE_SD = 0.6
 
 INDUSTRIES = list(names.SECTOR_WORDS)
@@ -145,14 +145,14 @@ def _sigmoid(x):
 #: Probabilities go through a logistic; counts (projects, reports) through exp as Poisson means.
 PROPENSITY = {
     "onboarding": (1.0, 0.6, 0.5),
-    "projects": (0.45, 0.6, 0.4),
-    "integration": (-0.7, 0.8, 0.5),
-    "reports": (0.5, 0.6, 0.4),
-    "feature_user": (0.2, 0.7, 0.5),
-    "sharing": (-0.5, 0.7, 0.5),
-    "usage_limit": (-1.2, 0.8, 0.5),
-    "premium": (-0.9, 0.6, 0.5),
-    "invites": (-0.2, 0.9, 0.5),
+    "projects": (-0.05, 0.72, 0.4),
+    "integration": (-1.7, 0.96, 0.5),
+    "reports": (0.0, 0.72, 0.4),
+    "feature_user": (-0.4, 0.84, 0.5),
+    "sharing": (-1.1, 0.84, 0.5),
+    "usage_limit": (-1.9, 0.96, 0.5),
+    "premium": (-1.5, 0.72, 0.5),
+    "invites": (-1.5, 1.08, 0.5),
 }
 
 
@@ -377,7 +377,7 @@ def _base_events(rng, acc, users, horizon, change_day, buf):
     until = np.minimum(base_end, change_day)  # before the release, sharing was a deliberate act
     per_account("project_shared", sharer * (1 + rng.poisson(1.0, n)), 8.0, 12.0, until=until)
     late_start = np.maximum(created, change_day)
-    late = (rng.random(n) < 0.6) & (late_start < base_end)  # after it, a default for everyone
+    late = (rng.random(n) < 0.45) & (late_start < base_end)  # after it, a default for everyone
     owner, t = _arrivals(rng, late * (1 + rng.poisson(1.5, n)), late_start, np.full(n, 5.0), np.full(n, 12.0))
     keep = t < base_end[owner]
     buf.add(users.pick(rng, owner[keep], t[keep]), "project_shared", t[keep], rng=rng)
@@ -392,7 +392,7 @@ def _base_events(rng, acc, users, horizon, change_day, buf):
     # -- noise per user, driven by chattiness only
     u_end = base_end[ua]
     c = acc["chatty"][ua]
-    for event, rate in (("login", 0.06), ("page_view", 0.08), ("search_performed", 0.012),
+    for event, rate in (("login", 0.045), ("page_view", 0.06), ("search_performed", 0.01),
                         ("settings_changed", 0.004), ("template_browsed", 0.006)):
         owner, t = _uniform(rng, rate * c, uj, u_end)
         buf.add(owner, event, t, rng=rng)
@@ -531,7 +531,7 @@ def _continuation(rng, acc, users, conv, horizon, buf):
     u_start = np.maximum(users.join, cont_start[ua])
     u_end = np.full(ua.size, horizon)
     c = acc["chatty"][ua]
-    for event, rate in (("login", 0.06 * c), ("page_view", 0.08 * c), ("search_performed", 0.012 * c),
+    for event, rate in (("login", 0.045 * c), ("page_view", 0.06 * c), ("search_performed", 0.01 * c),
                         ("settings_changed", 0.003 * c), ("template_browsed", 0.003 * c),
                         ("feature_used", np.full(ua.size, 0.03)), ("report_viewed", np.full(ua.size, 0.01))):
         owner, t = _uniform(rng, rate, u_start, u_end)
@@ -804,7 +804,9 @@ def generate_world(out_dir: Path, n_accounts: int = 5000, seed: int = 0, *, star
         return pc.fill_null(take(arr, idx), "")
 
     def write_events(tmp):
-        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        # unique message ids and high-cardinality properties gain nothing from dictionaries
+        dictionary = ["user_id", "account_id", "event", "source"]
+        with pq.ParquetWriter(tmp, schema, compression="zstd", use_dictionary=dictionary) as writer:
             for lo in range(0, max(u.size, 1), 1_000_000):
                 sl = slice(lo, lo + 1_000_000)
                 # (no null_handling="skip": pyarrow 25 drops rows whose inputs are all null)

@@ -20,6 +20,8 @@ True
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import pandas as pd
 
@@ -108,3 +110,61 @@ def to_utc_naive(values: pd.Series) -> pd.Series:
             retry = pd.to_datetime(text[still], format="mixed", utc=True, errors="coerce")
             parsed.loc[still] = retry.dt.tz_localize(None).astype(TIMESTAMP_DTYPE)
     return parsed
+
+
+class TimestampCheck(NamedTuple):
+    """Result of :func:`check_timestamps`: parsed values and boolean masks (numpy, by position).
+
+    Attributes
+    ----------
+    parsed : pandas.Series
+        ``datetime64[us]`` naive UTC; NaT where missing or unparseable (future values kept).
+    given : numpy.ndarray
+        A value was supplied (not null, not blank text).
+    unparseable : numpy.ndarray
+        A value was supplied but is not a timestamp.
+    future : numpy.ndarray
+        The value parses to a time after ``future_limit`` (all False without a limit).
+    """
+
+    parsed: pd.Series
+    given: np.ndarray
+    unparseable: np.ndarray
+    future: np.ndarray
+
+
+def check_timestamps(values: pd.Series, future_limit: pd.Timestamp | None = None) -> TimestampCheck:
+    """Parse a timestamp column and say which values were missing, unparseable or in the future.
+
+    The one place both the file loader and the Segment reader get these rules from, so a value
+    is "unparseable" or "future" in exactly the same cases whichever way it arrived.
+
+    Parameters
+    ----------
+    values : pandas.Series
+        Anything :func:`to_utc_naive` accepts.
+    future_limit : pandas.Timestamp, optional
+        Naive UTC; values after it are flagged ``future``.
+
+    Returns
+    -------
+    TimestampCheck
+
+    Examples
+    --------
+    >>> c = check_timestamps(pd.Series(["2024-01-01", "", "soon", "2999-01-01"]),
+    ...                      pd.Timestamp("2025-01-01"))
+    >>> c.given.tolist(), c.unparseable.tolist(), c.future.tolist()
+    ([True, False, True, True], [False, False, True, False], [False, False, False, True])
+    """
+    parsed = to_utc_naive(values)
+    given = values.notna()
+    if values.dtype == object or isinstance(values.dtype, pd.StringDtype):
+        given &= values.astype("string").str.strip().fillna("") != ""
+    given = given.to_numpy(dtype=bool)
+    unparseable = given & parsed.isna().to_numpy()
+    if future_limit is None:
+        future = np.zeros(len(values), dtype=bool)
+    else:
+        future = (parsed > future_limit).fillna(False).to_numpy(dtype=bool)
+    return TimestampCheck(parsed, given, unparseable, future)

@@ -56,21 +56,41 @@ def generate(
                f"in {summary['seconds']}s; the hidden mechanism is in {Path(out) / 'truth.json'}")
 
 
-@app.command()
+@app.command(epilog="Exit codes: 0 the data loads (warnings may be printed); 2 a file breaks the "
+                     "contract (the error names the file and the column). Full contract: "
+                     "docs/data-contract.md.")
 def validate(
-    data_dir: Annotated[Path, typer.Argument(help="Directory holding events/users/accounts/conversions "
-                                                  "(.parquet, .csv or .jsonl).")],
-    quarantine: Annotated[bool, typer.Option(help="Write bad rows to DATA_DIR/quarantine/<table>.csv.")] = True,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of a table.")] = False,
+    data_dir: Annotated[Path, typer.Argument(help="Data directory: events.* (required), users.*, "
+                                                  "accounts.*, conversions.* (each .parquet, .csv "
+                                                  "or .jsonl).")],
+    quarantine: Annotated[bool, typer.Option(help="Write bad rows to DATA_DIR/quarantine/<table>.csv "
+                                                  "(with row_number and reason); --no-quarantine "
+                                                  "only counts them.")] = True,
+    identity: Annotated[bool, typer.Option(help="Also resolve users to accounts and show the "
+                                                "identity-resolution report (--no-identity: faster).")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of text.")] = False,
 ) -> None:
-    """Check a data directory against the data contract and print a summary."""
+    """Check a data directory against the data contract and print a summary.
+
+    DATA_DIR holds one file per table: <table>.parquet, .csv or .jsonl.
+    Columns (+ optional):
+
+    * events: user_id, event, timestamp; +account_id, message_id, source, properties
+    * users: user_id, email, created_at; +account_id, company, invited_by
+    * accounts: account_id; +domain, domain_aliases, name, created_at, fit attributes
+    * conversions: account_id, converted_at (needed to train a model)
+
+    Only events is required. events.jsonl may instead be a Segment/RudderStack export (track, page, screen, identify, group). Timestamps: ISO-8601 (naive means UTC) or epoch seconds/milliseconds.
+
+    Bad rows are written to DATA_DIR/quarantine/<table>.csv with row_number and reason, and the rest loads; duplicates are dropped. Everything is counted in the summary: rows read/kept/quarantined per table with reasons, data level, converting accounts, users not linkable to an account (with the identity-resolution report), and warnings.
+    """
     import json
 
     from features.contract import ContractError
     from features.contract import validate as validate_data
 
     try:
-        report = validate_data(data_dir, quarantine=quarantine)
+        report = validate_data(data_dir, quarantine=quarantine, resolve=identity)
     except ContractError as e:
         fail(str(e))
     except OSError as e:
@@ -78,12 +98,300 @@ def validate(
     typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.to_text())
 
 
+@app.command()
+def features(
+    data_dir: Annotated[Path, typer.Argument(help="Data directory (events.*, accounts.*, conversions.*, users.*).")],
+    milestones: Annotated[Path, typer.Option(help="Milestone file (milestones.yaml).")] = Path("milestones.yaml"),
+    cutoffs: Annotated[Optional[str], typer.Option(
+        help="Comma-separated cutoff dates (e.g. 2024-03-01,2024-04-01); default: the milestone file's schedule.")] = None,
+    out: Annotated[Path, typer.Option(help="Output parquet; the manifest is written next to it "
+                                           "(<name>.manifest.csv).")] = Path("features.parquet"),
+    engine: Annotated[str, typer.Option(help="duckdb (default) or pyspark.")] = "duckdb",
+    identity: Annotated[bool, typer.Option(help="Resolve users to accounts first (fills events' missing "
+                                                "account_id).")] = True,
+) -> None:
+    """Compute point-in-time snapshot features (one row per account and cutoff) with labels."""
+    import warnings
+
+    import pandas as pd
+    from rich.console import Console
+    from rich.table import Table
+
+    from features.contract import ContractError, load_dataset
+    from features.manifest import write_feature_set
+    from features.pipeline import compute_features
+    from features.spec import SpecError, load_milestones
+
+    console = Console(stderr=True)
+    try:
+        spec = load_milestones(milestones)
+    except SpecError as e:
+        fail(str(e))
+    try:
+        cut_list = [pd.Timestamp(c.strip()) for c in cutoffs.split(",") if c.strip()] if cutoffs else None
+    except ValueError as e:
+        fail(f"--cutoffs: {e}")
+    with console.status("loading data"):
+        try:
+            ds = load_dataset(data_dir)
+        except ContractError as e:
+            fail(str(e))
+        except OSError as e:
+            fail(f"{data_dir}: {e}")
+    user_accounts = None
+    if identity and ds.users is not None and len(ds.users):
+        from features.identity import resolve_accounts
+
+        with console.status("resolving users to accounts"):
+            user_accounts = resolve_accounts(ds.users, ds.events, ds.accounts).user_accounts
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        try:
+            fs = compute_features(ds, spec, cut_list, engine=engine, user_accounts=user_accounts, progress=True)
+        except ValueError as e:
+            fail(str(e))
+    for w in caught:
+        if "milestones whose events never occur" in str(w.message):
+            console.print(f"[yellow]warning:[/] {w.message}")
+    path, man = write_feature_set(fs, out)
+    table = Table(title="snapshots per cutoff")
+    for col in ("cutoff", "rows", "positives"):
+        table.add_column(col, justify="right")
+    for r in fs.rows_per_cutoff().itertuples():
+        table.add_row(str(r.cutoff.date()), f"{r.rows:,}", f"{r.positives:,}")
+    Console().print(table)
+    typer.echo(f"wrote {len(fs.frame):,} rows x {len(fs.manifest)} features to {path} (manifest: {man})")
+
+
 # --- training/ ------------------------------------------------------------------------------
 # (commands: discover, revalidate, train) — see training/
+
+@app.command()
+def discover(
+    data_dir: Annotated[Path, typer.Argument(help="Data directory (events, users, accounts, conversions).")],
+    out: Annotated[Path, typer.Option("--out", help="Output directory for candidates.csv, sequences.csv, "
+                                      "milestones.yaml and report.html.")] = Path("discovery"),
+    horizon_days: Annotated[int, typer.Option(help="Non-converters must be observed this many days.")] = 30,
+    prior_k: Annotated[float, typer.Option(help="Pseudo-count of the smoothed odds ratio.")] = 1.0,
+    max_milestones: Annotated[int, typer.Option(help="Recommend at most this many milestones.")] = 10,
+) -> None:
+    """Find the milestones that separate converters from non-converters; write milestones.yaml."""
+    from training.discover import DiscoveryError, discover as run_discover, load_data_dir, write_discovery
+
+    try:
+        ds = load_data_dir(data_dir)
+        disc = run_discover(ds, horizon_days=horizon_days, prior_k=prior_k, max_milestones=max_milestones)
+        paths = write_discovery(disc, out)
+    except (DiscoveryError, ValueError) as e:
+        fail(str(e))
+    for w in disc.warnings:
+        typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
+    s = disc.summary
+    typer.echo(f"cohort: {s['S']:,} converters, {s['F']:,} non-converters; "
+               f"{s['candidates_tested']:,} candidates tested")
+    for m in disc.spec.milestones:
+        typer.echo(f"  [{m.category}] {m.name}: {m.label}")
+    typer.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
+
+
+@app.command()
+def revalidate(
+    data_dir: Annotated[Path, typer.Argument(help="Data directory (events, users, accounts, conversions).")],
+    milestones: Annotated[Path, typer.Option("--milestones", help="The milestone file to check.")],
+    by: Annotated[str, typer.Option(help="Cohort period of account start: quarter, month, half or year.")] = "quarter",
+    out: Annotated[Path, typer.Option("--out", help="Output directory for revalidation.csv, flags.csv "
+                                      "and revalidation.html.")] = Path("revalidation"),
+    lift_threshold: Annotated[float, typer.Option(help="Flag a milestone whose lift falls below this.")] = 1.5,
+    fail_on_flags: Annotated[bool, typer.Option("--fail-on-flags",
+                                                help="Exit with code 1 when anything is flagged.")] = False,
+) -> None:
+    """Each milestone's rates and lift per cohort period, with flags for fading or broken ones."""
+    from features.spec import SpecError, load_milestones
+    from training.discover import DiscoveryError, load_data_dir
+    from training.revalidate import revalidate as run_revalidate, write_revalidation
+
+    try:
+        spec = load_milestones(milestones)
+        ds = load_data_dir(data_dir)
+        reval = run_revalidate(ds, spec, by=by, lift_threshold=lift_threshold)
+        paths = write_revalidation(reval, out)
+    except (SpecError, DiscoveryError, ValueError) as e:
+        fail(str(e))
+    for w in reval.warnings:
+        typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
+    for f in reval.flags.itertuples():
+        typer.secho(f"FLAG {f.period} {f.milestone}: {f.flag} — {f.detail}", fg=typer.colors.RED)
+    typer.echo(f"{len(reval.flags)} flag(s); wrote {', '.join(str(p) for p in paths.values())}")
+    if fail_on_flags and reval.flagged:
+        raise typer.Exit(1)
+
+
+
+@app.command()
+def train(
+    data_dir: Annotated[Path, typer.Argument(help="Directory holding events/users/accounts/conversions.")],
+    milestones: Annotated[Optional[Path], typer.Option(
+        help="Milestone file (default: DATA_DIR/milestones.yaml).")] = None,
+    tracking_uri: Annotated[Optional[str], typer.Option(
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db).")] = None,
+    calibration: Annotated[str, typer.Option(help="Calibrator fit on held-out data: isotonic or platt.")] = "isotonic",
+    monotone: Annotated[bool, typer.Option(help="Milestone-reached / sequence-completed flags may only raise the score.")] = True,
+    top_k: Annotated[int, typer.Option(min=1, help="Accounts sales can call per cutoff (precision/recall at k).")] = 50,
+    min_converters: Annotated[int, typer.Option(min=1, help="Refuse to train with fewer converting snapshots.")] = 50,
+    baselines: Annotated[bool, typer.Option(help="Also fit the baselines and ablations for the comparison table.")] = True,
+    register: Annotated[bool, typer.Option(help="Log to MLflow and register pql-account-scorer.")] = True,
+    quiet: Annotated[bool, typer.Option(help="No progress bars or tables.")] = False,
+) -> None:
+    """Train the calibrated milestone scorer beside its baselines; log it to MLflow and register it."""
+    from training.train import TrainConfig, train_from_data_dir
+
+    milestones_path = milestones if milestones and str(milestones) else data_dir / "milestones.yaml"
+    if calibration not in ("isotonic", "platt"):
+        fail(f"--calibration must be isotonic or platt, got {calibration!r}")
+    if not data_dir.is_dir():
+        fail(f"{data_dir}: data directory not found")
+    if not milestones_path.is_file():
+        fail(f"{milestones_path}: milestone file not found (pass --milestones, or run `pql discover` first)")
+    config = TrainConfig(calibration=calibration, monotone=monotone, top_k=top_k, min_converters=min_converters,
+                         baselines=baselines, register=register, progress=not quiet)
+    try:
+        result = train_from_data_dir(data_dir, milestones_path, tracking_uri=tracking_uri, config=config)
+    except ValueError as e:  # TrainingDataError, SpecError, ContractError: bad input, nothing registered
+        fail(str(e))
+    except OSError as e:
+        fail(f"{data_dir}: {e}")
+    m = result.model_metrics
+    typer.echo(f"model: ROC AUC {m['roc_auc']:.3f}, PR AUC {m['pr_auc']:.3f}, ECE {m['ece']:.3f}, "
+               f"top-decile lift {m['top_decile_lift']:.2f}")
+    if result.registration:
+        r = result.registration
+        typer.echo(f"registered {r['model_name']} v{r['version']} as {r['alias']} ({r['reason']}); run {r['run_id']}")
 
 
 # --- serving/ -------------------------------------------------------------------------------
 # (commands: serve, score, explain, feedback-report) — see serving/
+
+@app.command()
+def serve(
+    model: Annotated[Optional[str], typer.Option(help="models:/NAME@ALIAS, models:/NAME/VERSION or a version; default the champion")] = None,
+    port: Annotated[int, typer.Option(help="HTTP port")] = 3000,
+    host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
+    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI")] = None,
+    store_url: Annotated[Optional[str], typer.Option(help="SQLAlchemy URL of the event store")] = None,
+) -> None:
+    """Import the model into the Bento store and run `bentoml serve serving.service:PQLScorer`."""
+    import os
+    import subprocess
+    import sys
+
+    from serving.model import ModelError, import_to_bentoml
+
+    try:
+        tag = import_to_bentoml(model, tracking_uri)
+    except ModelError as e:
+        fail(str(e))
+    env = dict(os.environ, PQL_BENTO_MODEL=str(tag))
+    if store_url:
+        env["PQL_STORE_URL"] = store_url
+    for name in ("PQL_API_TOKEN", "PQL_WRITE_KEY"):
+        if not env.get(name):
+            fail(f"{name} is not set; export it before `pql serve`")
+    cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:PQLScorer",
+           "--host", host, "--port", str(port)]
+    raise typer.Exit(subprocess.call(cmd, env=env))
+
+
+@app.command()
+def score(
+    data_dir: Annotated[Path, typer.Argument(help="data directory (events, users, accounts)")],
+    out: Annotated[Path, typer.Option(help="output file, .csv or .parquet")] = Path("scores.csv"),
+    as_of: Annotated[Optional[str], typer.Option(help="cutoff T (ISO date); default after the newest event")] = None,
+    model: Annotated[Optional[str], typer.Option(help="models:/pql-account-scorer@challenger, a version, ...")] = None,
+    format: Annotated[str, typer.Option(help="default | hubspot | salesforce")] = "default",
+    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI")] = None,
+) -> None:
+    """Score every account as of a date, with reasons, in a file a CRM imports."""
+    from serving.batch import score_accounts, write_scores
+    from serving.model import ModelError
+
+    try:
+        scores, unscored = score_accounts(data_dir, as_of, model, format, tracking_uri)
+    except (ModelError, ValueError) as e:
+        fail(str(e))
+    write_scores(scores, out)
+    typer.echo(f"scored {len(scores):,} accounts -> {out}")
+    if len(unscored):
+        path = out.with_name(out.stem + "_unscored.csv")
+        write_scores(unscored, path)
+        typer.echo(f"{len(unscored):,} accounts could not be scored (reasons in {path})")
+
+
+@app.command()
+def explain(
+    data_dir: Annotated[Path, typer.Argument(help="data directory")],
+    account_id: Annotated[str, typer.Argument(help="the account to explain")],
+    html: Annotated[Optional[Path], typer.Option("--html", help="write the reviewer page here")] = None,
+    as_of: Annotated[Optional[str], typer.Option(help="cutoff T; default after the newest event")] = None,
+    model: Annotated[Optional[str], typer.Option(help="model URI, alias or version")] = None,
+    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI")] = None,
+) -> None:
+    """Explain one account's score: every reason, next-best milestones, optional HTML page."""
+    import pandas as pd
+
+    from features.contract import load_dataset
+    from features.identity import attach_accounts, resolve_accounts
+    from features.pipeline import online_features
+    from serving.explain import Explainer, render_html
+    from serving.model import ModelError, Scorer, load_from_registry
+
+    try:
+        bundle = load_from_registry(model, tracking_uri)
+    except ModelError as e:
+        fail(str(e))
+    ds = load_dataset(data_dir, quarantine=False)
+    events = attach_accounts(ds.events, resolve_accounts(ds.users, ds.events, ds.accounts).user_accounts)
+    mine = events[events["account_id"] == account_id]
+    if mine.empty:
+        fail(f"account_id {account_id!r}: no events in {data_dir}")
+    cutoff = pd.Timestamp(as_of) if as_of else events["timestamp"].max() + pd.Timedelta(seconds=1)
+    feats = online_features(mine, bundle.spec, cutoff,
+                            accounts=ds.accounts[ds.accounts["account_id"] == account_id],
+                            manifest=bundle.manifest)
+    exps, bad = Explainer(Scorer(bundle)).explain(feats, with_all=True)
+    if not exps:
+        fail(f"account_id {account_id!r} cannot be scored: {next(iter(bad.values()), 'no events before cutoff')}")
+    e = exps[0]
+    typer.echo(f"{e.account_id}: score {e.score} ({e.tier}), probability {e.probability:.1%}")
+    for c in e.contributions:
+        typer.echo(f"  {c['contribution']:+.3f}  {c['text']}")
+    for n in e.next_best:
+        typer.echo(f"  next: {n['label']} (+{100 * n['probability_gain']:.1f} points)")
+    if html:
+        html.write_text(render_html(e), encoding="utf-8")
+        typer.echo(f"page -> {html}")
+
+
+@app.command("feedback-report")
+def feedback_report_cmd(
+    store_url: Annotated[str, typer.Option(help="SQLAlchemy URL of the event store")] = "sqlite:///pql_events.db",
+    scores: Annotated[Optional[Path], typer.Option(help="a scores file from `pql score` (tiers)")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="data directory with conversions")] = None,
+) -> None:
+    """Conversions and sales feedback by tier."""
+    import pandas as pd
+
+    from serving.feedback import feedback_report
+    from serving.store import EventStore
+
+    sc = None
+    if scores:
+        sc = pd.read_parquet(scores) if scores.suffix == ".parquet" else pd.read_csv(scores)
+    conv = None
+    if data_dir:
+        from features.contract import load_dataset
+
+        conv = load_dataset(data_dir, quarantine=False).conversions
+    typer.echo(feedback_report(EventStore(store_url), sc, conv).to_string(index=False))
 
 
 # --- end to end -----------------------------------------------------------------------------

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from features.contract import (ContractError, TableReport, detect_level, load_dataset,
-                               validate)
+from features.contract import (FUTURE_TOLERANCE, ContractError, TableReport, canonical_events,
+                               detect_level, load_dataset, validate)
 from features.schema import ACCOUNT_RESERVED, CONVERSION_COLUMNS, EVENT_COLUMNS, USER_COLUMNS
 from features.timestamps import to_utc_naive
 
@@ -261,7 +261,8 @@ def test_duplicates_are_dropped_once_and_counted(tmp_path):
 def test_user_duplicates_and_conflicts(tmp_path):
     write(make_events(), tmp_path / "events.csv")
     write(pd.DataFrame({"user_id": ["u0", "u0", "u1", "u1"],
-                        "email": ["a@acme.com", "a@acme.com", "b@beta.io", "other@beta.io"]}),
+                        "email": ["a@acme.com", "a@acme.com", "b@beta.io", "other@beta.io"],
+                        "created_at": "2024-01-01"}),
           tmp_path / "users.csv")
     ds = load_dataset(tmp_path, now=NOW)
     rep = ds.report.tables["users"]
@@ -409,3 +410,137 @@ def test_cli_validate_json(tmp_path):
     result = CliRunner().invoke(app, ["validate", str(world(tmp_path, "parquet")), "--json"])
     assert result.exit_code == 0
     assert json.loads(result.output)["tables"]["users"]["rows_kept"] == 6
+
+
+# --- public row validators (shared with the webhook ingest) -------------------------------------
+
+
+def test_canonical_events_gives_the_loaders_verdict_row_by_row(tmp_path):
+    from features import contract
+
+    frame = pd.concat([make_events(n_users=2), pd.DataFrame([
+        {"user_id": "", "event": "login", "timestamp": "2024-03-01"},
+        {"user_id": "x", "event": "login", "timestamp": "2030-01-01"},
+        {"user_id": "x", "event": "login", "timestamp": "2024-03-01", "properties": "[1]"},
+    ])], ignore_index=True)
+    write(frame, tmp_path / "events.csv")
+    ds = load_dataset(tmp_path, now=NOW)
+    events, reasons = canonical_events(frame, "/v1/batch", pd.Timestamp(NOW) + FUTURE_TOLERANCE)
+    assert reasons[reasons != ""].value_counts().to_dict() == ds.report.tables["events"].quarantined
+    pd.testing.assert_frame_equal(events[reasons == ""].reset_index(drop=True), ds.events)
+    assert contract._canonical_events is canonical_events  # the old private name still works
+    with pytest.raises(ContractError, match="/v1/batch.*'event'"):
+        canonical_events(frame.drop(columns="event"), "/v1/batch", pd.Timestamp(NOW))
+
+
+# --- users file: email and created_at are required columns --------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+@pytest.mark.parametrize("column", ["email", "created_at"])
+def test_users_file_needs_email_and_created_at(tmp_path, fmt, column):
+    world(tmp_path, fmt)
+    users = pd.read_csv(tmp_path / "users.csv") if fmt == "csv" else None
+    users = pd.DataFrame({"user_id": ["u0", "u1"], "email": ["a@acme.com", "b@beta.io"],
+                          "created_at": ["2024-01-01", "2024-01-02"]}) if users is None else users
+    write(users.drop(columns=column), tmp_path / f"users.{fmt}")
+    with pytest.raises(ContractError) as err:
+        load_dataset(tmp_path, now=NOW)
+    assert err.value.column == column and err.value.file.endswith(f"users.{fmt}")
+    assert f"'{column}'" in str(err.value) and f"users.{fmt}" in str(err.value)
+
+
+def test_users_file_single_empty_values_are_kept_but_an_empty_column_is_an_error(tmp_path):
+    write(make_events(), tmp_path / "events.csv")
+    (tmp_path / "users.csv").write_text(
+        "user_id,email,created_at\nu0,a@acme.com,\nu1,,2024-01-02\n")
+    ds = load_dataset(tmp_path, now=NOW)
+    users = ds.users.set_index("user_id")
+    assert pd.isna(users.loc["u0", "created_at"]) and pd.isna(users.loc["u1", "email"])
+    assert ds.report.tables["users"].rows_kept == 2
+    (tmp_path / "users.csv").write_text("user_id,email,created_at\nu0,,2024-01-01\nu1,,2024-01-02\n")
+    with pytest.raises(ContractError, match="users.csv, column 'email'.*empty in every row"):
+        load_dataset(tmp_path, now=NOW)
+
+
+# --- report: reasons as lines, identity resolution ----------------------------------------------
+
+
+def test_report_text_lists_each_reason_on_its_own_line(tmp_path):
+    bad = pd.DataFrame([{"user_id": "", "event": "login", "timestamp": "2024-03-01"},
+                        {"user_id": "x", "event": "login", "timestamp": "yesterday-ish"},
+                        {"user_id": "x", "event": "login", "timestamp": "2024-03-01", "source": "crm"}])
+    write(pd.concat([make_events(), bad], ignore_index=True), tmp_path / "events.csv")
+    text = load_dataset(tmp_path, now=NOW).report.to_text()
+    lines = text.splitlines()
+    for reason in ("empty user_id", "unparseable timestamp", "unknown source"):
+        hits = [line for line in lines if reason in line]
+        assert len(hits) == 1 and hits[0].split() == ["events", *reason.split(), "1"], hits
+    assert "Quarantined rows by reason:" in text
+
+
+def test_validate_attaches_identity_resolution_and_uses_it_for_linkability(tmp_path):
+    from features.identity import resolve_accounts
+
+    write(make_events().assign(account_id=None), tmp_path / "events.parquet")
+    world_dir = world(tmp_path / "w", "parquet")
+    write(make_events().assign(account_id=None), world_dir / "events.parquet")
+    ds = load_dataset(world_dir, now=NOW)
+    expected = resolve_accounts(ds.users, ds.events, ds.accounts).report
+
+    rep = validate(world_dir, now=NOW)
+    assert rep.resolution is not None and rep.resolution.counts == expected.counts
+    assert rep.linkability() == (expected.unresolved, expected.n_users, "identity resolution")
+    n = expected.unresolved
+    assert n > 0  # free-mail users without account id or inviter
+    assert any(w.startswith(f"{n} of {expected.n_users} users") and "identity resolution" in w
+               for w in rep.warnings)
+    d = json.loads(json.dumps(rep.to_dict()))
+    assert d["resolution"]["counts"] == expected.counts
+    assert d["not_linkable"] == {"users": n, "of": expected.n_users, "basis": "identity resolution",
+                                 "share": round(n / expected.n_users, 4)}
+    assert "Identity resolution:" in rep.to_text()
+
+    quick = validate(world_dir, now=NOW, resolve=False)
+    assert quick.resolution is None and quick.linkability()[2] == "evidence"
+    assert quick.to_dict()["resolution"] is None and "Identity resolution:" not in quick.to_text()
+
+
+def test_cli_validate_shows_identity_resolution_on_a_generated_world(small_world, tmp_path):
+    import re
+    import shutil
+
+    from features.identity import resolve_accounts
+    from pql.cli import app
+
+    data = tmp_path / "world"
+    shutil.copytree(small_world, data)  # quarantine writes into the data directory
+    ds = load_dataset(data, quarantine=False)
+    expected = resolve_accounts(ds.users, ds.events, ds.accounts).report
+
+    result = CliRunner().invoke(app, ["validate", str(data)])
+    assert result.exit_code == 0, result.output
+    assert "Identity resolution:" in result.output
+    line = re.search(r"Users not linkable to an account \(identity resolution\): ([\d,]+) of ([\d,]+)",
+                     result.output)
+    assert line, result.output
+    assert [int(g.replace(",", "")) for g in line.groups()] == [expected.unresolved, expected.n_users]
+    for method in ("explicit", "domain", "link", "name", "provisional", "unresolved"):
+        assert re.search(rf"^\s+{method}\s+{expected.counts[method]:,}\s", result.output, re.M), method
+
+    as_json = CliRunner().invoke(app, ["validate", str(data), "--json"])
+    d = json.loads(as_json.output)
+    assert sum(d["resolution"]["counts"].values()) == d["resolution"]["n_users"] == expected.n_users
+    quick = json.loads(CliRunner().invoke(app, ["validate", str(data), "--json", "--no-identity"]).output)
+    assert quick["resolution"] is None and quick["not_linkable"]["basis"] == "evidence"
+
+
+def test_cli_validate_help_describes_layout_formats_and_quarantine():
+    from pql.cli import app
+
+    result = CliRunner().invoke(app, ["validate", "--help"], terminal_width=120)
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    for needed in ("events", "users", "accounts", "conversions", ".parquet", ".csv", ".jsonl",
+                   "quarantine/<table>.csv", "Segment", "email, created_at"):
+        assert needed in text, needed

@@ -356,3 +356,62 @@ def test_evaluate_resolution_counts_provisional_as_not_linked():
     truth = pd.DataFrame({"user_id": ["a", "b", "c", "d"], "account_id": ["A", "A", "C", None]})
     m = evaluate_resolution(ua, truth)
     assert m["precision"] == 0.5 and m["recall"] == pytest.approx(1 / 3) and m["provisional"] == 1
+
+
+# --- the generated world's truth ----------------------------------------------------------------
+
+
+def _world(path):
+    return tuple(pd.read_parquet(path / f"{t}.parquet") for t in ("users", "events", "accounts"))
+
+
+def test_small_world_precision_recall_and_free_mail_orphans(small_world):
+    users, events, accounts = _world(small_world)
+    truth = pd.read_parquet(small_world / "truth_user_accounts.parquet")
+    res = resolve_accounts(users, events, accounts)
+    ua = res.user_accounts
+    assert ua["user_id"].is_unique and set(ua["user_id"]) >= set(users["user_id"])
+    m = evaluate_resolution(ua, truth)
+    assert m["precision"] >= 0.99, m
+    assert m["recall"] >= 0.95, m
+
+    # A free-mail user with no other evidence (no explicit id, invite, workspace or company)
+    # must stay unresolved; and free-mail users must never be resolved by domain.
+    props = events["properties"].dropna()
+    parsed = props.map(json.loads)
+    ws_users = set(events.loc[parsed[parsed.map(lambda p: "workspace_id" in p)].index, "user_id"])
+    invite_rows = parsed[parsed.map(lambda p: "invitee_email" in p)]
+    invited_emails = {str(p["invitee_email"]).lower() for p in invite_rows if p["invitee_email"]}
+    inviters = set(events.loc[invite_rows.index, "user_id"])
+    explicit = set(users.loc[users.account_id.notna(), "user_id"]) | set(events.loc[events.account_id.notna(), "user_id"])
+    invited_by_someone = set(users.loc[users.invited_by.notna(), "invited_by"])
+    domain = users["email"].str.rsplit("@", n=1).str[-1].str.lower()
+    free = classify_domains(domain).isin(["free", "disposable"])
+    no_evidence = (
+        free
+        & users.account_id.isna()
+        & users.invited_by.isna()
+        & users.company.isna()
+        & ~users.user_id.isin(explicit | ws_users | inviters | invited_by_someone)
+        & ~users.email.str.lower().isin(invited_emails)
+    )
+    assert no_evidence.sum() > 0  # the world does contain such orphans
+    method = ua.set_index("user_id")["method"]
+    assert (method[users.loc[no_evidence, "user_id"]] == "unresolved").all()
+    assert not (method[users.loc[free.to_numpy(), "user_id"]] == "domain").any()
+
+
+def test_unknown_corporate_domain_vetoes_a_merely_similar_name():
+    users = make_users(
+        [
+            {"user_id": "typo", "email": "a@newco.io", "company": "Acme Analytcs"},
+            {"user_id": "exact", "email": "b@otherco.io", "company": "ACME Analytics"},
+            {"user_id": "free", "email": "c@gmail.com", "company": "Acme Analytcs"},
+        ]
+    )
+    res = resolve_accounts(users, EMPTY_EVENTS, ACCOUNTS)
+    r = resolved(res)
+    assert r["typo"][:2] == ("domain:newco.io", "provisional")
+    assert r["exact"][:2] == ("A", "name")
+    assert r["free"][:2] == ("A", "name")
+    assert res.report.name_vetoed_users == 1

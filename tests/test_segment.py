@@ -99,11 +99,12 @@ def test_rudderstack_snake_case_export(tmp_path):
 
 def test_file_users_win_over_segment_traits(tmp_path):
     write_jsonl(MESSAGES, tmp_path / "events.jsonl")
-    pd.DataFrame({"user_id": ["u1", "u9"], "email": ["crm@acme.com", "nine@beta.io"]}).to_csv(
-        tmp_path / "users.csv", index=False)
+    pd.DataFrame({"user_id": ["u1", "u9"], "email": ["crm@acme.com", "nine@beta.io"],
+                  "created_at": [None, "2024-01-09"]}).to_csv(tmp_path / "users.csv", index=False)
     users = load_dataset(tmp_path, now=NOW).users.set_index("user_id")
     assert users.loc["u1", "email"] == "crm@acme.com"        # the system of record wins
     assert users.loc["u1", "account_id"] == "acc1"           # Segment fills what it lacks
+    assert users.loc["u1", "created_at"] == pd.Timestamp("2024-01-01")  # empty in the file
     assert set(users.index) == {"u1", "u2", "u9"}
 
 
@@ -120,3 +121,64 @@ def test_flat_events_are_not_mistaken_for_segment():
     flat = pd.DataFrame({"user_id": ["u1"], "event": ["x"], "type": ["click"]})
     assert not looks_like_segment(flat)
     assert looks_like_segment(messages_to_frame(MESSAGES))
+
+
+# --- values nulled, never silently --------------------------------------------------------------
+
+BAD_TRAITS = [
+    {"type": "identify", "userId": "u1", "messageId": "i1", "timestamp": "2024-01-01T00:00:00Z",
+     "traits": {"email": "ann@acme.com", "createdAt": "2024-01-01T00:00:00Z"}},
+    {"type": "identify", "userId": "u1", "messageId": "i2", "timestamp": "2024-01-02T00:00:00Z",
+     "traits": {"createdAt": "sometime last spring"}},           # later, but not a time
+    {"type": "identify", "userId": "u2", "messageId": "i3", "timestamp": "2024-01-02T00:00:00Z",
+     "traits": {"email": "bob@beta.io", "createdAt": "2031-01-01T00:00:00Z"}},  # far future
+    {"type": "group", "userId": "u1", "groupId": "acc1", "messageId": "g1",
+     "timestamp": "2024-01-01T00:00:00Z", "traits": {"name": "Acme", "createdAt": "n/a"}},
+    {"type": "track", "userId": "u1", "event": "Report Created", "messageId": "t1",
+     "timestamp": "2024-01-03T10:00:00Z"},
+]
+
+
+def test_bad_trait_timestamps_are_nulled_and_counted(tmp_path):
+    write_jsonl(BAD_TRAITS, tmp_path / "events.jsonl")
+    ds = load_dataset(tmp_path, now=NOW)
+    users = ds.users.set_index("user_id")
+    # The bad later value does not hide the good earlier one; the future one becomes null.
+    assert users.loc["u1", "created_at"] == pd.Timestamp("2024-01-01")
+    assert pd.isna(users.loc["u2", "created_at"]) and users.loc["u2", "email"] == "bob@beta.io"
+    assert pd.isna(ds.accounts.set_index("account_id").loc["acc1", "created_at"])
+    assert ds.report.tables["users"].nulled == {"unparseable created_at": 1, "future created_at": 1}
+    assert ds.report.tables["accounts"].nulled == {"unparseable created_at": 1}
+    assert ds.report.tables["events"].nulled == {}
+    assert any("users values set to null" in w for w in ds.report.warnings)
+    assert ds.report.to_dict()["tables"]["accounts"]["nulled"] == {"unparseable created_at": 1}
+    rep = ds.report.tables["events"]
+    assert rep.balanced and rep.quarantined == {}  # the messages themselves were used
+
+
+def test_nulled_values_point_at_their_message():
+    tables = split_messages(messages_to_frame(BAD_TRAITS), future_limit=pd.Timestamp(NOW))
+    nulled = tables.nulled
+    assert nulled["_row"].tolist() == [2, 3, 4]
+    assert nulled["reason"].tolist() == ["unparseable created_at", "future created_at",
+                                         "unparseable created_at"]
+    assert nulled["table"].tolist() == ["users", "users", "accounts"]
+    assert nulled["value"].iloc[0] == "sometime last spring"
+    assert set(nulled["field"]) == {"traits.createdAt"}
+    # Without a limit only unparseable values are dropped.
+    no_limit = split_messages(messages_to_frame(BAD_TRAITS)).nulled
+    assert no_limit["_row"].tolist() == [2, 4]
+
+
+def test_canonical_profiles_give_what_the_loader_gives(tmp_path):
+    """The webhook ingest validates identify/group calls with the loader's own rules."""
+    from features.contract import FUTURE_TOLERANCE, canonical_profiles
+
+    write_jsonl(MESSAGES, tmp_path / "events.jsonl")
+    ds = load_dataset(tmp_path, now=NOW)
+    limit = pd.Timestamp(NOW) + FUTURE_TOLERANCE
+    users, accounts = canonical_profiles(split_messages(messages_to_frame(MESSAGES), future_limit=limit))
+    pd.testing.assert_frame_equal(users.sort_values("user_id").reset_index(drop=True),
+                                  ds.users.sort_values("user_id").reset_index(drop=True))
+    assert list(accounts.columns) == list(ds.accounts.columns)
+    assert accounts.set_index("account_id").loc["acc1", "domain"] == "acme.com"

@@ -39,7 +39,6 @@ import os
 import re
 import tempfile
 import time
-import warnings as _warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -65,7 +64,7 @@ CANDIDATE_COLUMNS = [
     "name", "kind", "event", "property", "value", "min_count", "within_days", "min_users", "category",
     "label", "s", "f", "S", "F", "converter_rate", "converter_rate_low", "converter_rate_high",
     "non_converter_rate", "non_converter_rate_low", "non_converter_rate_high", "lift", "odds_ratio",
-    "phi", "p_value", "q_value", "size_adjusted_lift", "is_activity", "eligible", "recommended", "conditional_lift",
+    "phi", "p_value", "q_value", "size_adjusted_lift", "size_adjusted_q", "is_activity", "eligible", "recommended", "conditional_lift",
     "redundant_with", "rank"]
 
 
@@ -573,10 +572,12 @@ def _evaluate(items: pd.DataFrame, rows: dict, converted: np.ndarray, windows: S
                 s, f = s_k.sum(1), f_k.sum(1)
                 with np.errstate(divide="ignore", invalid="ignore"):
                     adjusted = (s_k * (F_k / N_k)).sum(1) / (f_k * (S_k / N_k)).sum(1)
+                    adjusted_p = stats.cmh_pvalue(s_k, f_k, S_k, F_k)
                 keep = ~is_active_item | ((u == 1) & (n in ACTIVE_DAY_LEVELS))
                 out.append(pd.DataFrame({"item_id": np.arange(n_items)[keep], "min_count": n,
                                          "within_days": d, "min_users": u, "s": s[keep], "f": f[keep],
-                                         "size_adjusted_lift": adjusted[keep]}))
+                                         "size_adjusted_lift": adjusted[keep],
+                                         "size_adjusted_p": adjusted_p[keep]}))
     cand = pd.concat(out, ignore_index=True)
     cand["within_days"] = cand["within_days"].astype("Int64")
     return cand.merge(items, on="item_id", how="left")
@@ -732,7 +733,7 @@ def _seq_name(steps, w) -> str:
 def discover(dataset, *, horizon_days: int = 30, min_counts: Sequence[int] = (1, 2, 3, 5, 10),
              windows: Sequence[int | None] = (7, 14, 30, None), min_users: Sequence[int] = (1, 2, 3),
              prior_k: float = 1.0, category_patterns: Mapping[str, Iterable[str]] | None = None,
-             max_milestones: int = 10, min_milestones: int = 5, alpha: float = 0.05, min_lift: float = 1.5,
+             max_milestones: int = 10, min_milestones: int = 5, alpha: float = 0.05, min_lift: float = 1.25,
              min_conditional_lift: float = 1.2, min_adjusted_lift: float = 1.25, min_support_accounts: int = 25, min_support_share: float = 0.02,
              sequence_windows: Sequence[int] = (7, 14, 30), max_sequences: int = 3,
              settings: Settings | None = None, progress: bool = False) -> Discovery:
@@ -810,6 +811,7 @@ def discover(dataset, *, horizon_days: int = 30, min_counts: Sequence[int] = (1,
     table = stats.two_group_table(cand["s"].to_numpy(), cand["f"].to_numpy(), S, F, prior_k)
     cand = pd.concat([cand.drop(columns=["s", "f"]), table], axis=1)
     cand["q_value"] = stats.bh_qvalues(cand["p_value"].to_numpy())
+    cand["size_adjusted_q"] = stats.bh_qvalues(cand["size_adjusted_p"].to_numpy())
     lap("statistics")
 
     activity = _activity_event_set(settings)
@@ -824,7 +826,8 @@ def discover(dataset, *, horizon_days: int = 30, min_counts: Sequence[int] = (1,
     cand["category"] = cand["event"].map(cat_of)
     cand["is_activity"] = cand["event"].isin(activity) | (cand["kind"] == "active_days")
     cand["eligible"] = ((cand["q_value"] < alpha) & (cand["lift"] >= min_lift)
-                        & (cand["size_adjusted_lift"] >= min_adjusted_lift) & ~cand["is_activity"])
+                        & (cand["size_adjusted_lift"] >= min_adjusted_lift)
+                        & (cand["size_adjusted_q"] < alpha) & ~cand["is_activity"])
     reacher = _Reacher(rows, len(items), len(cohort))
     cand = _select(cand, reacher, converted, min_conditional_lift=min_conditional_lift,
                    max_milestones=max_milestones)

@@ -11,7 +11,6 @@ import datetime as dt
 import html
 import math
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd

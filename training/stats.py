@@ -272,3 +272,24 @@ def lift_interval(s, f, S, F, z: float = Z95) -> tuple[np.ndarray, np.ndarray]:
         log_lift = np.log((s2 / S2) / (f2 / F2))
         se = np.sqrt(1 / s2 - 1 / S2 + 1 / f2 - 1 / F2)
     return np.exp(log_lift - z * se), np.exp(log_lift + z * se)
+
+
+def cmh_pvalue(s_k, f_k, S_k, F_k) -> np.ndarray:
+    """Cochran–Mantel–Haenszel test (continuity-corrected, 1 df) of many stratified tables.
+
+    ``s_k``/``f_k`` are (candidates, strata) arrays of converters/non-converters reaching the
+    candidate in each stratum; ``S_k``/``F_k`` the (strata,) group totals. Returns two-sided
+    p-values (NaN when no stratum carries information).
+    """
+    s_k, f_k = np.asarray(s_k, float), np.asarray(f_k, float)
+    S_k, F_k = np.asarray(S_k, float), np.asarray(F_k, float)
+    N_k = S_k + F_k
+    m_k = s_k + f_k
+    with np.errstate(divide="ignore", invalid="ignore"):
+        expected = np.where(N_k > 0, S_k * m_k / N_k, 0.0)
+        var = np.where(N_k > 1, S_k * F_k * m_k * (N_k - m_k) / (N_k**2 * (N_k - 1)), 0.0)
+    diff = (s_k - expected).sum(-1)
+    v = var.sum(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        chi2 = np.maximum(np.abs(diff) - 0.5, 0) ** 2 / v
+    return np.where(v > 0, sps.chi2.sf(chi2, 1), np.nan)
