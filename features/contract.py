@@ -15,6 +15,12 @@ Two kinds of bad input, treated differently on purpose:
   and the rest loads. Duplicates are dropped and counted. Every row read is accounted for:
   ``kept + quarantined + duplicates (+ routed Segment profile calls) == read``.
 
+The row rules are public so that the webhook ingest applies the very same ones:
+:func:`canonical_events` (and ``canonical_users`` / ``canonical_accounts`` /
+``canonical_conversions`` for files, :func:`canonical_profiles` for Segment ``identify``/``group``
+calls) return the canonical rows and each row's quarantine reason. :func:`validate` adds identity
+resolution (``features.identity``) to the report, as ``pql validate`` shows it.
+
 Everything is vectorised (pyarrow readers, pandas column operations, DuckDB for JSON checks), so
 10 million events load in seconds; only a broken JSON-lines file is re-read line by line, to find
 the broken lines.

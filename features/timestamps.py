@@ -9,6 +9,8 @@ Accepted forms (the data contract, ``docs/data-contract.md``):
 * typed datetimes (parquet/arrow timestamps), naive (UTC) or zone-aware (converted).
 
 Everything is vectorised: 10 million values parse in seconds, no per-row Python.
+:func:`check_timestamps` adds the contract's verdicts (missing / unparseable / in the future), used
+by both the file loader and the Segment reader.
 
 >>> s = pd.Series(["2024-01-01T12:00:00+02:00", "2024-01-01 10:00:00", "1704103200",
 ...                "1704103200000", "not a time", None])

@@ -378,11 +378,12 @@ def test_small_world_precision_recall_and_free_mail_orphans(small_world):
     # A free-mail user with no other evidence (no explicit id, invite, workspace or company)
     # must stay unresolved; and free-mail users must never be resolved by domain.
     props = events["properties"].dropna()
-    parsed = props.map(json.loads)
-    ws_users = set(events.loc[parsed[parsed.map(lambda p: "workspace_id" in p)].index, "user_id"])
-    invite_rows = parsed[parsed.map(lambda p: "invitee_email" in p)]
-    invited_emails = {str(p["invitee_email"]).lower() for p in invite_rows if p["invitee_email"]}
-    inviters = set(events.loc[invite_rows.index, "user_id"])
+    parsed = [json.loads(p) for p in props]  # a list: pandas would turn dicts into structs
+    has = lambda key: [bool(p.get(key)) for p in parsed]  # noqa: E731
+    ws_users = set(events.loc[props.index[has("workspace_id")], "user_id"])
+    invite_rows = props.index[has("invitee_email")]
+    invited_emails = {json.loads(p)["invitee_email"].lower() for p in props[invite_rows]}
+    inviters = set(events.loc[invite_rows, "user_id"])
     explicit = set(users.loc[users.account_id.notna(), "user_id"]) | set(events.loc[events.account_id.notna(), "user_id"])
     invited_by_someone = set(users.loc[users.invited_by.notna(), "invited_by"])
     domain = users["email"].str.rsplit("@", n=1).str[-1].str.lower()
