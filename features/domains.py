@@ -111,8 +111,8 @@ def _as_arrow_strings(values):
         arr = values
     else:
         arr = pa.array(values if isinstance(values, pd.Series) else np.asarray(values, dtype=object), from_pandas=True)
-    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
-        arr = arr.cast(pa.large_string()) if not pa.types.is_null(arr.type) else pa.array([None] * len(arr), pa.large_string())
+    if pa.types.is_null(arr.type):  # an all-null column
+        return pa.nulls(len(arr), pa.large_string())
     return arr.cast(pa.large_string())
 
 

@@ -430,7 +430,9 @@ def _invite_edges(u: pd.DataFrame, scanned: dict, code: _Codes) -> tuple[np.ndar
     if len(ie):
         email = u["email"].str.lower()
         by_email = pd.DataFrame({"invitee_email": email, "invitee": np.arange(len(u))}).dropna()
-        ie = pd.DataFrame({"inviter": code(ie["user_id"]), "invitee_email": ie["invitee_email"].astype("str").str.lower()})
+        ie = pd.DataFrame(
+            {"inviter": code(ie["user_id"]), "invitee_email": ie["invitee_email"].astype("str").str.lower()}
+        )
         ie = ie[ie.inviter >= 0].merge(by_email, on="invitee_email")
         a.append(ie["invitee"].to_numpy())
         b.append(ie["inviter"].to_numpy())
@@ -535,7 +537,9 @@ def _propagate(seeds: np.ndarray, g: _Graph) -> tuple[np.ndarray, np.ndarray, np
     return link, unanimous, labels, rounds
 
 
-def _name_candidates(company: pd.Series, accounts: pd.DataFrame, threshold: float) -> tuple[pd.Series, pd.Series, pd.Series]:
+def _name_candidates(
+    company: pd.Series, accounts: pd.DataFrame, threshold: float
+) -> tuple[pd.Series, pd.Series, pd.Series]:
     """Fuzzy-match typed company names to account names.
 
     Returns (account, score, ambiguous) Series indexed like ``company`` (only users with a match).
@@ -548,7 +552,9 @@ def _name_candidates(company: pd.Series, accounts: pd.DataFrame, threshold: floa
     empty = (pd.Series(dtype=object), pd.Series(dtype=float), pd.Series(dtype=bool))
     if len(accounts) == 0 or "name" not in accounts.columns or company.notna().sum() == 0:
         return empty
-    acc = pd.DataFrame({"account_id": _col(accounts, "account_id"), "norm": normalize_company_name(_col(accounts, "name"))})
+    acc = pd.DataFrame(
+        {"account_id": _col(accounts, "account_id"), "norm": normalize_company_name(_col(accounts, "name"))}
+    )
     acc = acc.dropna().drop_duplicates()
     if acc.empty:
         return empty
@@ -691,7 +697,9 @@ def resolve_accounts(
     link_code, link_unan, labels, report.link_rounds = _propagate(seed_codes.astype(np.int64), graph)
     linked = np.flatnonzero(link_code >= 0)
     link = pd.Series(acc_names[link_code[linked]], index=linked)
-    link_conf = pd.Series(np.where(link_unan[linked], CONFIDENCE_LINK_UNANIMOUS, CONFIDENCE_LINK_MAJORITY), index=linked)
+    link_conf = pd.Series(
+        np.where(link_unan[linked], CONFIDENCE_LINK_UNANIMOUS, CONFIDENCE_LINK_MAJORITY), index=linked
+    )
     # What links say about users resolved otherwise — only to count conflicts.
     lu, la, _ = _link_votes(seed_codes >= 0, labels, graph)
     link_about_seeds = pd.Series(acc_names[la], index=lu)

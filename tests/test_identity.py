@@ -416,3 +416,15 @@ def test_unknown_corporate_domain_vetoes_a_merely_similar_name():
     assert r["exact"][:2] == ("A", "name")
     assert r["free"][:2] == ("A", "name")
     assert res.report.name_vetoed_users == 1
+
+
+def test_minimal_columns_and_bad_threshold():
+    users = pd.DataFrame({"user_id": ["u1", "u2"]})  # nothing but ids
+    events = pd.DataFrame({"user_id": ["u2", "u3", None], "account_id": [None, "A", "A"]})
+    res = resolve_accounts(users, events, pd.DataFrame())
+    r = resolved(res)
+    assert list(r) == ["u1", "u2", "u3"]  # users table first, then event-only users
+    assert r["u3"][:2] == ("A", "explicit") and r["u1"][1] == r["u2"][1] == "unresolved"
+    assert res.report.explicit_unknown_accounts == 1  # "A" is not in the (empty) accounts table
+    with pytest.raises(ValueError, match="name_threshold"):
+        resolve_accounts(users, events, pd.DataFrame(), name_threshold=0)
