@@ -47,7 +47,7 @@ import pyarrow.parquet as pq
 from features import segment
 from features.schema import (ACCOUNT_REQUIRED, ACCOUNT_RESERVED, CONVERSION_COLUMNS,
                              CONVERSION_REQUIRED, EVENT_COLUMNS, EVENT_REQUIRED, EVENT_SOURCES,
-                             FILE_SUFFIXES, TABLES, TIMESTAMP_DTYPE, USER_COLUMNS, USER_REQUIRED,
+                             FILE_SUFFIXES, TABLES, TIMESTAMP_DTYPE, USER_COLUMNS,
                              fit_columns)
 from features.timestamps import check_timestamps
 

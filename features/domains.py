@@ -80,7 +80,9 @@ def email_domain(emails: pd.Series) -> pd.Series:
     s = emails.astype("str").str.strip().str.lower()
     has_at = s.str.contains("@", regex=False).fillna(False).astype(bool)
     domain = s.str.replace(r"^.*@", "", regex=True).where(has_at)
-    return normalize_domain(domain)
+    # Far fewer distinct domains than addresses: normalise each once.
+    uniq = pd.Series(domain.dropna().unique(), dtype="str")
+    return lookup(domain, uniq, normalize_domain(uniq).to_numpy(dtype=object)).astype(object)
 
 
 def normalize_domain(values: pd.Series) -> pd.Series:

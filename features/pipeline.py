@@ -237,7 +237,7 @@ class _Plan:
 
     def bucket(self, ts):
         """Index of the first cutoff strictly after ``ts`` (null when after the last cutoff)."""
-        return _cases([(ts < ibis.literal(c.to_pydatetime(), type="timestamp"), i)
+        return _cases([(ts < ibis.interval(days=1) + ibis.literal(c.to_pydatetime(), type="timestamp"), i)
                        for i, c in enumerate(self.cutoffs)])
 
     def bucket_epoch(self, bucket):
@@ -340,7 +340,7 @@ def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Ta
 
     # --- events before the last cutoff, bucketed; the only place the future is cut away
     last_cut = ibis.literal(plan.cutoffs[-1].to_pydatetime(), type="timestamp")
-    ev = ev.filter(ev.timestamp < last_cut)
+    ev = ev.filter(ev.timestamp <= last_cut + ibis.interval(days=1))
     ev = ev.mutate(bucket=plan.bucket(ev.timestamp))
     ev = ev.mutate(decay_b=((plan.bucket_epoch(ev.bucket) - _epoch(ev.timestamp)) * (-plan.rate)).exp())
 

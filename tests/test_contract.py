@@ -440,9 +440,8 @@ def test_canonical_events_gives_the_loaders_verdict_row_by_row(tmp_path):
 @pytest.mark.parametrize("column", ["email", "created_at"])
 def test_users_file_needs_email_and_created_at(tmp_path, fmt, column):
     world(tmp_path, fmt)
-    users = pd.read_csv(tmp_path / "users.csv") if fmt == "csv" else None
     users = pd.DataFrame({"user_id": ["u0", "u1"], "email": ["a@acme.com", "b@beta.io"],
-                          "created_at": ["2024-01-01", "2024-01-02"]}) if users is None else users
+                          "created_at": ["2024-01-01", "2024-01-02"]})
     write(users.drop(columns=column), tmp_path / f"users.{fmt}")
     with pytest.raises(ContractError) as err:
         load_dataset(tmp_path, now=NOW)
@@ -482,8 +481,7 @@ def test_report_text_lists_each_reason_on_its_own_line(tmp_path):
 def test_validate_attaches_identity_resolution_and_uses_it_for_linkability(tmp_path):
     from features.identity import resolve_accounts
 
-    write(make_events().assign(account_id=None), tmp_path / "events.parquet")
-    world_dir = world(tmp_path / "w", "parquet")
+    world_dir = world(tmp_path, "parquet")
     write(make_events().assign(account_id=None), world_dir / "events.parquet")
     ds = load_dataset(world_dir, now=NOW)
     expected = resolve_accounts(ds.users, ds.events, ds.accounts).report

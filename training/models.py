@@ -156,7 +156,10 @@ def fit_lightgbm(X_train: pd.DataFrame, y_train, X_valid: pd.DataFrame, y_valid,
     columns = list(X_train.columns)
     full = {
         "objective": "binary",
-        "metric": "binary_logloss",
+        # AUC, not log-loss: with scale_pos_weight the raw scores are deliberately shifted, so
+        # validation log-loss worsens after a few trees and would stop training far too early.
+        # Ranking is what the booster is for; the calibrator restores probabilities.
+        "metric": "auc",
         "verbosity": -1,
         "monotone_constraints": monotone_constraints(columns, monotone),
         "monotone_constraints_method": "intermediate",
