@@ -156,6 +156,7 @@ def stage_bare(world: str) -> dict:
     import duckdb
 
     con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
     t0 = time.perf_counter()
     n = con.execute(f"SELECT count(*) FROM (SELECT account_id, event, count(*) AS n "
                     f"FROM read_parquet('{world}/events.parquet') GROUP BY account_id, event)").fetchone()[0]

@@ -100,8 +100,8 @@ def normalize_domain(values: pd.Series) -> pd.Series:
     s = s.str.replace(r"^[a-z][a-z0-9+.-]*://", "", regex=True)  # scheme
     s = s.str.replace(r"[/?#].*$", "", regex=True)  # path, query, fragment
     s = s.str.replace(r"^.*@", "", regex=True)  # user@ or a stray leading @
-    s = s.str.replace(r":\d+$", "", regex=True)  # port
-    s = s.str.strip(".").str.replace(r"^www\d?\.", "", regex=True)
+    s = s.str.replace(r":[0-9]+$", "", regex=True)  # port
+    s = s.str.strip(".").str.replace(r"^www[0-9]?\.", "", regex=True)
     valid = s.str.fullmatch(r"[a-z0-9_-]+(\.[a-z0-9_-]+)+").fillna(False).astype(bool)
     return s.astype(object).where(valid)
 
@@ -217,19 +217,16 @@ def registered_domain(domains: pd.Series) -> pd.Series:
     ['acme.com', 'acme.co.uk', nan, 'acme.de']
     """
     s = domains.astype("str")
-    labels = s.str.split(".")
-    n = labels.str.len()
-    tld = labels.str[-1]
-    sld = labels.str[-2]
-    is_cc = tld.str.len().eq(2).fillna(False)
-    needs_three = (is_cc & sld.isin(_GENERIC_SECOND_LEVEL)).fillna(False).astype(bool)
-    keep = needs_three.map({True: 3, False: 2})
-    ok = (n >= keep).fillna(False).astype(bool)
-    out = pd.Series(None, index=s.index, dtype="object")
-    two = ok & ~needs_three
-    three = ok & needs_three
-    out[two] = (labels[two].str[-2] + "." + labels[two].str[-1]).astype(object)
-    out[three] = (labels[three].str[-3] + "." + labels[three].str[-2] + "." + labels[three].str[-1]).astype(object)
+    # Regex rewrites run inside Arrow (no per-row Python); "\\1" keeps the last labels.
+    last2 = s.str.replace(r"^(?:[^.]+\.)*([^.]+\.[^.]+)$", r"\1", regex=True)
+    last3 = s.str.replace(r"^(?:[^.]+\.)*([^.]+\.[^.]+\.[^.]+)$", r"\1", regex=True)
+    n_labels = s.str.count(r"\.") + 1
+    tld = s.str.replace(r"^.*\.", "", regex=True)
+    sld = last2.str.replace(r"\..*$", "", regex=True)
+    needs_three = (tld.str.len().eq(2) & sld.isin(_GENERIC_SECOND_LEVEL)).fillna(False).astype(bool)
+    ok = (n_labels >= np.where(needs_three, 3, 2)).fillna(False).astype(bool)
+    out = pd.Series(np.where(needs_three, last3, last2), index=s.index, dtype=object)
+    out = out.where(ok)
     return out.where(out.notna())
 
 

@@ -86,7 +86,12 @@ _LEGAL_SUFFIXES = (
     "inc incorporated corp corporation co company ltd limited llc llp lp plc gmbh mbh ag kg ug "
     "sa sas sarl sl srl spa bv nv oy oyj ab as asa aps pty pte kk group holding holdings"
 ).split()
-_LEGAL_SUFFIX_RE = r"(?:\s+(?:" + "|".join(_LEGAL_SUFFIXES) + r"))+$"
+_LEGAL_SUFFIX_RE = r"(?: (?:" + "|".join(_LEGAL_SUFFIXES) + r"))+$"
+# What people type when they have no company; never matched to an account.
+_PLACEHOLDER_COMPANIES = frozenset(
+    {"na", "n a", "none", "null", "nil", "self", "self employed", "freelance", "freelancer", "personal",
+     "private", "individual", "student", "test", "me", "home", "unknown", "no company", "not applicable"}
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,15 +236,15 @@ def normalize_company_name(names: pd.Series) -> pd.Series:
     s = names.astype("str")
     uniq = pd.Series(s.dropna().unique(), dtype="str")
     n = uniq.str.lower().str.replace("&", " and ", regex=False)
-    # \p{L}/\p{N} keep accented letters (RE2, as used by pyarrow, reads \w as ASCII only).
-    n = n.str.replace(r"[^\p{L}\p{N}\s]", " ", regex=True)
-    n = n.str.replace(r"\s+", " ", regex=True).str.strip()
+    # \p{L}/\p{N} keep accented letters (RE2, as used by pyarrow, reads \w as ASCII only); no
+    # \s anywhere: pandas would fall back to Python's re, row by row.
+    n = n.str.replace(r"[^\p{L}\p{N}]+", " ", regex=True).str.strip()
     n = n.str.replace(r"^the ", "", regex=True)
     # "Müller GmbH and Co KG": drop trailing legal words, and a dangling "and" between them.
     for _ in range(3):
         n = n.str.replace(_LEGAL_SUFFIX_RE, "", regex=True).str.replace(r" and$", "", regex=True)
     n = n.str.strip()
-    n = n.where(n.ne(""))
+    n = n.where(n.ne("") & ~n.isin(_PLACEHOLDER_COMPANIES))
     return lookup(s, uniq, n.to_numpy(dtype=object)).astype("str")
 
 

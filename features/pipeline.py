@@ -143,8 +143,8 @@ def feature_manifest(spec: MilestoneSpec, fit_columns: Sequence[str] | None = No
     >>> m = feature_manifest(spec, ["industry"], ["email_click"])
     >>> m.loc[m.name == "ms__invited__count", "description"].item()
     'number of times the account invited a teammate'
-    >>> sorted(set(m.family))
-    ['account', 'activity', 'demand_gen', 'fit', 'milestone', 'sequence']
+    >>> sorted(set(m.family))  # no sequences in this spec
+    ['account', 'activity', 'demand_gen', 'fit', 'milestone']
     """
     fit_columns = list(fit_columns or [])
     fit_dtypes = fit_dtypes or {}
@@ -237,7 +237,7 @@ class _Plan:
 
     def bucket(self, ts):
         """Index of the first cutoff strictly after ``ts`` (null when after the last cutoff)."""
-        return _cases([(ts < ibis.interval(days=1) + ibis.literal(c.to_pydatetime(), type="timestamp"), i)
+        return _cases([(ts < ibis.literal(c.to_pydatetime(), type="timestamp"), i)
                        for i, c in enumerate(self.cutoffs)])
 
     def bucket_epoch(self, bucket):
@@ -340,7 +340,7 @@ def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Ta
 
     # --- events before the last cutoff, bucketed; the only place the future is cut away
     last_cut = ibis.literal(plan.cutoffs[-1].to_pydatetime(), type="timestamp")
-    ev = ev.filter(ev.timestamp <= last_cut + ibis.interval(days=1))
+    ev = ev.filter(ev.timestamp < last_cut)
     ev = ev.mutate(bucket=plan.bucket(ev.timestamp))
     ev = ev.mutate(decay_b=((plan.bucket_epoch(ev.bucket) - _epoch(ev.timestamp)) * (-plan.rate)).exp())
 
@@ -723,7 +723,9 @@ def compute_features_from_files(events_path, accounts_path, conversions_path, sp
     Events must already carry their ``account_id``; ``cache`` materialises the compact
     intermediate tables once instead of letting DuckDB recompute them for every use.
     """
-    con = con or ibis.duckdb.connect()
+    if con is None:
+        con = ibis.duckdb.connect()
+        con.raw_sql("SET enable_progress_bar = false")  # rich shows progress instead
     events = con.read_parquet(str(events_path))
     accounts = con.read_parquet(str(accounts_path))
     conversions = con.read_parquet(str(conversions_path))

@@ -50,9 +50,9 @@ EVENT_CATALOGUE: dict[str, tuple[str | None, list[str]]] = {
     "onboarding_completed": ("steps", ["4", "5", "6"]),
     "project_created": ("template", ["blank", "kanban", "sprint", "roadmap", "content_calendar"]),
     "integration_connected": ("provider", ["slack", "github", "jira", "google_drive", "salesforce", "zapier"]),
-    "integration_added": ("provider", ["slack", "github", "jira", "google_drive", "salesforce", "zapier"]),
     # adoption
     "report_viewed": ("report", ["burndown", "workload", "portfolio", "time_tracking"]),
+    "report_opened": ("report", ["burndown", "workload", "portfolio", "time_tracking"]),  # renamed
     "feature_used": ("feature", ["gantt", "timeline", "automations", "dashboards", "forms", "time_tracking"]),
     # collaboration
     "teammate_invited": ("invitee_email", []),  # value is the invitee's address
@@ -119,7 +119,10 @@ SEQUENCES: list[dict] = [
      "label": "onboarded, invited a teammate and created 3 projects within 14 days"},
 ]
 FADING_DRIVER = "shared_project"  # sharing became the default in the latest quarter
-RENAMED = {"integration_connected": "integration_added"}  # renamed by the same release
+#: Renamed by the same release (instrumentation clean-up): same behaviour, same effect, new name.
+#: A weaker driver on purpose: default cutoffs sit mostly in the latest quarter, and renaming a
+#: top-5 driver there would leave no model able to learn it.
+RENAMED = {"report_viewed": "report_opened"}
 FIT_ICP = {"core": 0.6, "adjacent": 0.0, "outside": -0.8}
 FIT_EMPLOYEES_PER_DECADE = 0.3  # log-hazard per x10 employees above 50, clipped to [-1, 1.5] decades
 RECENCY_HALF_LIFE_DAYS = 14.0
@@ -411,12 +414,36 @@ def _base_events(rng, acc, users, horizon, change_day, buf):
     buf.add(users.first[e_acct[keep]], "api_call", e_t[keep], rng=rng)
 
 
+def _late_joiners_after_purchase(rng, acc, users, conv, horizon, u, code, val, invited_by):
+    """Users who would have joined while their account was quiet join only after it buys.
+
+    Without this, a converted account would gain sign-ups *before* its conversion that a
+    non-converted one never gets: the future leaking into the users table. Users are re-sorted;
+    every stored user index (event users, invitee values, inviters) is remapped.
+    """
+    base_end = np.minimum(acc["quiet"], horizon)
+    ua = users.acct
+    late = np.isfinite(conv[ua]) & (users.join >= base_end[ua]) & (users.join < conv[ua])
+    users.join[late] = conv[ua][late] + rng.exponential(3.0, int(late.sum()))
+    old_to_new = users.resort()[1]
+    is_invite = (code == _CODE["teammate_invited"]) & (val >= 0)
+    val = np.where(is_invite, old_to_new[np.maximum(val, 0)], val)
+    new_invited_by = np.full(invited_by.size, -1, dtype=np.int64)
+    has = invited_by >= 0
+    new_invited_by[old_to_new[has]] = old_to_new[invited_by[has]]
+    return old_to_new[u], val, new_invited_by
+
+
 def _marketing(rng, users, horizon, buf):
-    """Marketing touches: independent of value and of conversion."""
+    """Marketing touches: independent of value and of conversion.
+
+    Touches start at sign-up: a touch before it would reveal a user who only exists because the
+    account later converted (users who join after an account went quiet join only if it buys).
+    """
     n_u = users.acct.size
     counts = rng.poisson(0.8, n_u)
     owner = np.repeat(np.arange(n_u), counts)
-    lo = np.clip(users.join[owner] - 30.0, 0.0, None)
+    lo = np.clip(users.join[owner], 0.0, None)
     t = lo + rng.random(owner.size) * np.clip(horizon - lo, 0.0, None)
     event = rng.choice(len(MARKETING_EVENTS), owner.size, p=[0.55, 0.15, 0.22, 0.08])
     for i, name in enumerate(MARKETING_EVENTS):
@@ -698,6 +725,7 @@ def generate_world(out_dir: Path, n_accounts: int = 5000, seed: int = 0, *, star
     conv = _convert(rng, acc, reach, horizon, change_day)
     converted = np.isfinite(conv)
     say(f"{u.size} base events; {int(converted.sum())} conversions")
+    u, val, invited_by = _late_joiners_after_purchase(rng, acc, users, conv, horizon, u, code, val, invited_by)
     later = _EventBuffer()
     _continuation(rng, acc, users, conv, horizon, later)
     _marketing(rng, users, horizon, later)
@@ -714,8 +742,8 @@ def generate_world(out_dir: Path, n_accounts: int = 5000, seed: int = 0, *, star
     keep_ev = kept[u] & (t >= 0) & (t < horizon)
     u, code, t, val = u[keep_ev], code[keep_ev], t[keep_ev], val[keep_ev]
     if product_change:
-        renamed = (code == _CODE["integration_connected"]) & (t >= change_day)
-        code[renamed] = _CODE[RENAMED["integration_connected"]]
+        for old, new in RENAMED.items():
+            code[(code == _CODE[old]) & (t >= change_day)] = _CODE[new]
     say(f"{int(kept.sum())} users, {u.size} events")
 
     # -- names, e-mails and the links identity resolution has to find

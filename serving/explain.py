@@ -40,6 +40,31 @@ class Groups:
     membership: np.ndarray  # (features, groups) 0/1 matrix
 
 
+def group_of(name: str) -> tuple[str, str]:
+    """``(kind, subject)`` of one feature column, e.g. ``("milestone", "invited_teammate")``.
+
+    >>> group_of("ms__invited_teammate__users")
+    ('milestone', 'invited_teammate')
+    >>> group_of("fit__industry")
+    ('fit', 'industry')
+    """
+    parts = name.split("__")
+    prefix = parts[0]
+    if prefix == "ms" and len(parts) >= 3:
+        return "milestone", parts[1]
+    if prefix == "seq" and len(parts) >= 3:
+        return "sequence", parts[1]
+    if prefix == "fit":
+        return "fit", name[len("fit__"):]
+    if prefix == "acct":
+        return "account", name[len("acct__"):]
+    if prefix == "dg":
+        return "demand_gen", parts[1] if len(parts) > 1 else name
+    if prefix == "raw":
+        return "activity", name[len("raw__"):]
+    return "other", name
+
+
 def feature_groups(manifest: pd.DataFrame) -> Groups:
     """Group the model's columns (manifest order) by milestone, sequence or feature."""
     keys: list[str] = []
@@ -48,22 +73,7 @@ def feature_groups(manifest: pd.DataFrame) -> Groups:
     index: dict[str, int] = {}
     assign = []
     for name in manifest["name"]:
-        parts = name.split("__")
-        prefix = parts[0]
-        if prefix == "ms" and len(parts) >= 3:
-            kind, subject = "milestone", parts[1]
-        elif prefix == "seq" and len(parts) >= 3:
-            kind, subject = "sequence", parts[1]
-        elif prefix == "fit":
-            kind, subject = "fit", name[len("fit__"):]
-        elif prefix == "acct":
-            kind, subject = "account", name[len("acct__"):]
-        elif prefix == "dg":
-            kind, subject = "demand_gen", parts[1] if len(parts) > 1 else name
-        elif prefix == "raw":
-            kind, subject = "activity", name[len("raw__"):]
-        else:
-            kind, subject = "other", name
+        kind, subject = group_of(name)
         key = f"{kind}:{subject}"
         if key not in index:
             index[key] = len(keys)
@@ -199,8 +209,31 @@ class Explanation:
         return dict(self.__dict__)
 
 
+@dataclass
+class Scored:
+    """Model outputs for the scorable rows of a feature frame (one preparation, many uses)."""
+
+    rows: np.ndarray  # positions in the frame of the scorable rows
+    X: np.ndarray  # model input matrix of those rows
+    raw: np.ndarray  # log-odds
+    probability: np.ndarray
+    score: np.ndarray
+    tier: np.ndarray
+    group_contrib: np.ndarray  # (n, groups) pred_contrib summed per group
+    base: np.ndarray  # (n,) base value
+    gain: np.ndarray  # (n, milestones) probability gain of reaching each unmet milestone
+    reached: np.ndarray  # (n, milestones) booleans
+    unscorable: dict[int, str]  # frame position -> why it cannot be scored
+
+
 class Explainer:
     """Score and explain feature rows with one model; vectorised for batch scoring.
+
+    The service (``/score``, ``/explain``), ``pql explain`` and ``pql score`` all go through
+    :meth:`score_rows`; :meth:`explain` words every row into :class:`Explanation` objects,
+    :meth:`summarize` words only what a CRM file needs, one column at a time. Both rank the
+    reasons and next-best milestones the same way and word them with the same :class:`Wording`,
+    so a batch row and the service's answer for the same account and cutoff agree.
 
     Parameters
     ----------
@@ -238,15 +271,19 @@ class Explainer:
             out[:, k] = np.nan_to_num(col) > (0.5 if j is not None else 0)
         return out
 
-    def next_best(self, X: np.ndarray, prob: np.ndarray) -> np.ndarray:
-        """(n, milestones) probability gain if each unmet milestone were reached today (NaN if met)."""
-        reached = self.reached_matrix(X)
+    def next_best(self, X: np.ndarray, prob: np.ndarray, reached: np.ndarray | None = None) -> np.ndarray:
+        """(n, milestones) probability gain if each unmet milestone were reached today (NaN if met).
+
+        One ``predict`` per milestone on all the rows that have not reached it (a batch of
+        modified copies), not one per account.
+        """
+        reached = self.reached_matrix(X) if reached is None else reached
         gain = np.full(reached.shape, np.nan)
         for k, m in enumerate(self._milestones):
             rows = np.flatnonzero(~reached[:, k])
             if not len(rows):
                 continue
-            Xc = X[rows].copy()
+            Xc = X[rows]  # fancy indexing copies
             self._reach(Xc, m, reached[rows])
             gain[rows, k] = self.scorer.predict_proba(Xc) - prob[rows]
         return gain
@@ -275,7 +312,138 @@ class Explainer:
                 if j is not None:
                     Xc[done, j] = val
 
-    # full explanations -----------------------------------------------------------------------
+    # scoring and ranking, shared by every caller ----------------------------------------------
+    def score_rows(self, frame: pd.DataFrame, with_next_best: bool = True) -> Scored:
+        """Probability, score, tier, grouped contributions and next-best gains of every row.
+
+        Rows that cannot be scored (a fit category the model never saw) are left out and
+        named in ``Scored.unscorable``, never silently dropped.
+        """
+        X, problems = self.scorer.prepare(frame)
+        bad = {i: p for i, p in enumerate(problems) if p}
+        ok = np.array([i for i in range(len(frame)) if i not in bad], dtype=int)
+        X = X[ok]
+        n_m = len(self._milestones)
+        if not len(ok):
+            empty = np.zeros(0)
+            return Scored(ok, X, empty, empty, empty.astype(int), empty.astype(object),
+                          np.zeros((0, len(self.groups.keys))), empty, np.zeros((0, n_m)),
+                          np.zeros((0, n_m), bool), bad)
+        contrib = self.scorer.contributions(X)
+        raw = contrib.sum(axis=1)
+        prob = self.scorer.probability(raw)
+        score = self.scorer.to_score(prob)
+        gc, base = self.group_contributions(contrib)
+        reached = self.reached_matrix(X)
+        gain = (self.next_best(X, prob, reached) if with_next_best and n_m
+                else np.full((len(ok), n_m), np.nan))
+        return Scored(ok, X, raw, prob, score, self.scorer.tier(score), gc, base, gain, reached, bad)
+
+    def rank_reasons(self, gc: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(up, down) group indices, (n, k) each, strongest first; -1 where there is none.
+
+        Up reasons are the k largest positive group contributions, down the k most negative.
+        Stable sorts: ties go to the group that comes first in the manifest, on every path.
+        """
+        k = self.top_k if k is None else k
+        order = np.argsort(-gc, axis=1, kind="stable")
+        up = order[:, :k]
+        down = order[:, ::-1][:, :k]
+        up = np.where(np.take_along_axis(gc, up, axis=1) > 0, up, -1)
+        down = np.where(np.take_along_axis(gc, down, axis=1) < 0, down, -1)
+        return up, down
+
+    def strongest(self, gc: np.ndarray, k: int = 3) -> np.ndarray:
+        """(n, k) group indices of the k strongest reasons by absolute contribution (-1: none).
+
+        Drawn from the ``top_k`` up and down reasons, so it is exactly "the k strongest of the
+        reasons the service shows", ups before downs on equal strength.
+        """
+        up, down = self.rank_reasons(gc)
+        cand = np.concatenate([up, down], axis=1)
+        strength = np.where(cand >= 0, np.abs(np.take_along_axis(gc, np.maximum(cand, 0), axis=1)),
+                            -np.inf)
+        pick = np.argsort(-strength, axis=1, kind="stable")[:, :k]
+        chosen = np.take_along_axis(cand, pick, axis=1)
+        return np.where(np.take_along_axis(strength, pick, axis=1) > -np.inf, chosen, -1)
+
+    def rank_next_best(self, gain: np.ndarray, k: int | None = None) -> np.ndarray:
+        """(n, k) milestone indices with the largest positive gains, best first; -1: none."""
+        k = self.next_best_k if k is None else k
+        g = np.where(np.isnan(gain), -np.inf, gain)
+        order = np.argsort(-g, axis=1, kind="stable")[:, :k]
+        return np.where(np.take_along_axis(g, order, axis=1) > 0, order, -1)
+
+    # wording many rows at once -----------------------------------------------------------------
+    def word_rows(self, frame: pd.DataFrame, rows: np.ndarray, group: int) -> np.ndarray:
+        """Text of ``group`` for the frame rows ``rows`` (positions), as an object array.
+
+        Each distinct combination of the group's own columns is worded once and broadcast:
+        most accounts share "not yet reached: ..." or "industry is software", so 100,000
+        accounts need a few thousand calls of :meth:`Wording.word`, not 100,000.
+        """
+        kind, subject = self.groups.kinds[group], self.groups.subjects[group]
+        key = self.groups.keys[group]
+        cols = [c for c in frame.columns if f"{group_of(c)[0]}:{group_of(c)[1]}" == key]
+        if not len(rows):
+            return np.array([], dtype=object)
+        if not cols:
+            text = self.wording.word(kind, subject, {})
+            return np.full(len(rows), text, dtype=object)
+        sub = frame.iloc[rows][cols]
+        codes = pd.util.hash_pandas_object(sub, index=False).to_numpy()
+        _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
+        arrays = {c: sub[c].to_numpy() for c in cols}
+        texts = np.array([self.wording.word(kind, subject, {c: arrays[c][i] for c in cols})
+                          for i in first], dtype=object)
+        return texts[inverse.ravel()]
+
+    def _word_matrix(self, frame: pd.DataFrame, rows: np.ndarray, groups: np.ndarray) -> np.ndarray:
+        """Texts for a (n, k) matrix of group indices (-1 gives None), worded group by group."""
+        out = np.full(groups.shape, None, dtype=object)
+        for g in np.unique(groups[groups >= 0]):
+            r, c = np.nonzero(groups == g)
+            out[r, c] = self.word_rows(frame, rows[r], int(g))
+        return out
+
+    # batch summary (pql score) -------------------------------------------------------------------
+    def summarize(self, frame: pd.DataFrame, reasons: int = 3, sep: str = " | ") -> tuple[
+            pd.DataFrame, dict[int, str]]:
+        """One row per scorable account with what a CRM file needs, without per-account objects.
+
+        Returns
+        -------
+        (DataFrame, {row position: reason it cannot be scored})
+            Columns ``account_id, probability, score, tier, top_reasons`` (the ``reasons``
+            strongest, worded, joined by ``sep``), ``next_best_milestone`` (label of the best
+            one, empty if none would raise the score), ``milestones_reached`` (names joined by
+            ";"), ``raw_score``.
+        """
+        s = self.score_rows(frame, with_next_best=self.next_best_k > 0)
+        n = len(s.rows)
+        ids = (frame["account_id"].astype(str).to_numpy()[s.rows] if "account_id" in frame
+               else s.rows.astype(str))
+        texts = self._word_matrix(frame, s.rows, self.strongest(s.group_contrib, reasons))
+        top = pd.Series([""] * n, dtype=object)
+        for j in range(texts.shape[1]):
+            col = pd.Series(texts[:, j], dtype=object)
+            has = col.notna().to_numpy()
+            top[has] = np.where(top[has] == "", col[has], top[has] + sep + col[has])
+        labels = np.array([m.label for m in self._milestones] + [""], dtype=object)
+        best = self.rank_next_best(s.gain, 1)[:, 0] if self._milestones else np.full(n, -1)
+        reached_names = pd.Series([""] * n, dtype=object)
+        for k, m in enumerate(self._milestones):
+            on = s.reached[:, k]
+            reached_names[on] = np.where(reached_names[on] == "", m.name,
+                                         reached_names[on] + ";" + m.name)
+        table = pd.DataFrame({
+            "account_id": ids, "probability": s.probability, "score": s.score,
+            "tier": s.tier.astype(str), "top_reasons": top.to_numpy(),
+            "next_best_milestone": labels[best], "milestones_reached": reached_names.to_numpy(),
+            "raw_score": s.raw})
+        return table, {int(i): p for i, p in s.unscorable.items()}
+
+    # full explanations (service, pql explain) ----------------------------------------------------
     def explain(self, frame: pd.DataFrame, with_all: bool = False) -> tuple[list[Explanation],
                                                                              dict[int, str]]:
         """Explain every row of a feature frame.
@@ -286,20 +454,11 @@ class Explainer:
             Rows that cannot be scored (e.g. a fit category the model never saw) are left out
             of the first list and named in the second, never silently dropped.
         """
-        X, problems = self.scorer.prepare(frame)
-        bad = {i: p for i, p in enumerate(problems) if p}
-        ok = np.array([i for i in range(len(frame)) if i not in bad], dtype=int)
+        s = self.score_rows(frame, with_next_best=self.next_best_k > 0)
+        ok = s.rows
         if not len(ok):
-            return [], bad
-        X = X[ok]
-        contrib = self.scorer.contributions(X)
-        raw = contrib.sum(axis=1)
-        prob = self.scorer.probability(raw)
-        score = self.scorer.to_score(prob)
-        tiers = self.scorer.tier(score)
-        gc, base = self.group_contributions(contrib)
-        gain = self.next_best(X, prob) if self._milestones else np.zeros((len(ok), 0))
-        reached = self.reached_matrix(X)
+            return [], s.unscorable
+        gc = s.group_contrib
         ids = frame["account_id"].astype(str).to_numpy()[ok] if "account_id" in frame else ok.astype(str)
         cutoffs = (pd.to_datetime(frame["cutoff"]).to_numpy()[ok] if "cutoff" in frame
                    else [None] * len(ok))
@@ -307,27 +466,27 @@ class Explainer:
         # plus any extra pipeline columns the frame carries for the same groups).
         value_cols = [c for c in frame.columns if c.split("__")[0] in ("ms", "seq", "fit", "acct", "dg", "raw")]
         values = {c: frame[c].to_numpy()[ok] for c in value_cols}
-        order = np.argsort(-gc, axis=1)
+        up, down = self.rank_reasons(gc)
+        best = self.rank_next_best(s.gain) if self._milestones else np.full((len(ok), 0), -1)
+        order = np.argsort(-gc, axis=1, kind="stable") if with_all else None
         out = []
         version = self.scorer.bundle.version
         for r in range(len(ok)):
             v = {c: values[c][r] for c in value_cols}
-            up = [g for g in order[r, : self.top_k] if gc[r, g] > 0]
-            down = [g for g in order[r, ::-1][: self.top_k] if gc[r, g] < 0]
             cutoff = pd.Timestamp(cutoffs[r]) if cutoffs[r] is not None else None
             exp = Explanation(
-                account_id=ids[r], probability=float(prob[r]), score=int(score[r]),
-                tier=str(tiers[r]), raw_score=float(raw[r]), base_value=float(base[r]),
-                reasons_up=[self._reason(g, gc[r, g], v) for g in up],
-                reasons_down=[self._reason(g, gc[r, g], v) for g in down],
-                milestones_reached=self._reached(reached[r], v, cutoff),
-                next_best=self._next_best(gain[r], prob[r]),
+                account_id=ids[r], probability=float(s.probability[r]), score=int(s.score[r]),
+                tier=str(s.tier[r]), raw_score=float(s.raw[r]), base_value=float(s.base[r]),
+                reasons_up=[self._reason(g, gc[r, g], v) for g in up[r] if g >= 0],
+                reasons_down=[self._reason(g, gc[r, g], v) for g in down[r] if g >= 0],
+                milestones_reached=self._reached(s.reached[r], v, cutoff),
+                next_best=[self._next_step(k, s.gain[r, k], s.probability[r]) for k in best[r] if k >= 0],
                 model_version=version,
                 cutoff=cutoff.isoformat() if cutoff is not None else None)
             if with_all:
                 exp.contributions = [self._reason(g, gc[r, g], v) for g in order[r]]
             out.append(exp)
-        return out, {int(i): p for i, p in bad.items()}
+        return out, {int(i): p for i, p in s.unscorable.items()}
 
     def _reason(self, g: int, value: float, v: dict) -> dict:
         kind, subject = self.groups.kinds[g], self.groups.subjects[g]
@@ -346,13 +505,10 @@ class Explainer:
                         "first_reached": when})
         return out
 
-    def _next_best(self, gain_row: np.ndarray, p: float) -> list[dict]:
-        idx = [k for k in np.argsort(-np.nan_to_num(gain_row, nan=-np.inf))
-               if not np.isnan(gain_row[k]) and gain_row[k] > 0][: self.next_best_k]
-        return [{"name": self._milestones[k].name, "label": self._milestones[k].label,
-                 "category": self._milestones[k].category,
-                 "probability_gain": float(gain_row[k]),
-                 "probability_if_reached": float(p + gain_row[k])} for k in idx]
+    def _next_step(self, k: int, gain: float, p: float) -> dict:
+        m = self._milestones[k]
+        return {"name": m.name, "label": m.label, "category": m.category,
+                "probability_gain": float(gain), "probability_if_reached": float(p + gain)}
 
 
 # --- the reviewer page ----------------------------------------------------------------------

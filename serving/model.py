@@ -103,9 +103,14 @@ def download_bundle(model_uri: str | None = None, tracking_uri: str | None = Non
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".bundle-", dir=dst.parent))
     try:
-        mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{mv.name}/{mv.version}", dst_path=str(tmp / "model"),
-            tracking_uri=uri, registry_uri=uri)
+        # Resolve the version's storage location with *our* client: MLflow's models:/ artifact
+        # repository looks names up in the global registry URI and ignores registry_uri=.
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        client, _ = _client(uri)
+        (tmp / "model").mkdir()
+        get_artifact_repository(client.get_model_version_download_uri(mv.name, mv.version)
+                                ).download_artifacts("", str(tmp / "model"))
         scorer = Path(mlflow.artifacts.download_artifacts(
             run_id=mv.run_id, artifact_path="scorer", dst_path=str(tmp), tracking_uri=uri))
         missing = [f for f in SCORER_FILES if f not in ("tiers.json", "fit_categories.json")

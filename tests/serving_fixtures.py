@@ -126,8 +126,10 @@ def build_model_bundle(root: Path, n: int = 400, seed: int = 0, alias: str = "ch
     exp_id = client.create_experiment(f"serving-fixture-{seed}-{alias}",
                                       artifact_location=(root / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=exp_id) as run:
-        info = mlflow.lightgbm.log_model(booster, name="model",
-                                         registered_model_name="pql-account-scorer")
+        # Explicit requirements: inferring them runs a subprocess that costs ~20 s per call.
+        info = mlflow.lightgbm.log_model(
+            booster, name="model", registered_model_name="pql-account-scorer",
+            pip_requirements=mlflow.lightgbm.get_default_pip_requirements())
         mlflow.log_artifacts(str(scorer), artifact_path="scorer")
     version = info.registered_model_version
     client.set_registered_model_alias("pql-account-scorer", alias, version)

@@ -428,3 +428,20 @@ def test_minimal_columns_and_bad_threshold():
     assert res.report.explicit_unknown_accounts == 1  # "A" is not in the (empty) accounts table
     with pytest.raises(ValueError, match="name_threshold"):
         resolve_accounts(users, events, pd.DataFrame(), name_threshold=0)
+
+
+def test_placeholder_company_names_are_ignored():
+    accounts = make_accounts([{"account_id": "N", "domain": "na.org", "name": "N/A Inc."}])
+    users = make_users([{"user_id": "u1", "email": "p@gmail.com", "company": "n/a"}])
+    assert resolved(resolve_accounts(users, EMPTY_EVENTS, accounts))["u1"][1] == "unresolved"
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import features.domains
+    import features.identity
+
+    for module in (features.domains, features.identity):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__

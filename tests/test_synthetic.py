@@ -136,6 +136,13 @@ def test_truth_map_covers_every_user_and_agrees_with_known_links(world):
     assert set(ev["user_id"]) <= set(users["user_id"])
 
 
+def test_nobody_acts_before_signing_up(world):
+    """No event (product or marketing) precedes its user's sign-up: nothing hints at a future user."""
+    ev, users = world["events"], world["users"]
+    signed_up = users.set_index("user_id")["created_at"]
+    assert (ev["timestamp"].to_numpy() >= signed_up.loc[ev["user_id"]].to_numpy()).all()
+
+
 def test_invitee_emails_name_real_teammates(world):
     ev, users = world["events"], world["users"]
     invites = ev[ev["event"] == "teammate_invited"]

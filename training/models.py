@@ -166,6 +166,8 @@ def fit_lightgbm(X_train: pd.DataFrame, y_train, X_valid: pd.DataFrame, y_valid,
         "scale_pos_weight": imbalance_weight(y_train, imbalance),
         **params,
     }
+    # Cap min_data_in_leaf so small tables can still grow trees (5 % of the training rows).
+    full["min_data_in_leaf"] = int(max(5, min(full.get("min_data_in_leaf", 20), len(X_train) // 20)))
     cats = [c for c in categorical if c in columns]
     train_set = lgb.Dataset(X_train, label=np.asarray(y_train), categorical_feature=cats or "auto",
                             free_raw_data=True)
