@@ -657,10 +657,6 @@ def _finish(frame: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
     return frame[cols].sort_values(["cutoff", "account_id"], kind="stable").reset_index(drop=True)
 
 
-def _to_pandas(expr: ir.Table) -> pd.DataFrame:
-    return expr.to_pandas()
-
-
 def _warn_unused(spec: MilestoneSpec, event_names: Iterable[str]) -> None:
     unused = spec.unused_milestones(event_names)
     if unused:

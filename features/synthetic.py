@@ -149,7 +149,7 @@ def _sigmoid(x):
 PROPENSITY = {
     "onboarding": (1.0, 0.6, 0.5),
     "projects": (-0.05, 0.72, 0.4),
-    "integration": (-1.7, 0.96, 0.5),
+    "integration": (-1.3, 0.96, 0.5),
     "reports": (0.0, 0.72, 0.4),
     "feature_user": (-0.4, 0.84, 0.5),
     "sharing": (-1.1, 0.84, 0.5),

@@ -303,95 +303,133 @@ def serve(
 
 @app.command()
 def score(
-    data_dir: Annotated[Path, typer.Argument(help="data directory (events, users, accounts)")],
-    out: Annotated[Path, typer.Option(help="output file, .csv or .parquet")] = Path("scores.csv"),
-    as_of: Annotated[Optional[str], typer.Option(help="cutoff T (ISO date); default after the newest event")] = None,
-    model: Annotated[Optional[str], typer.Option(help="models:/pql-account-scorer@challenger, a version, ...")] = None,
-    format: Annotated[str, typer.Option(help="default | hubspot | salesforce")] = "default",
-    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI")] = None,
+    data_dir: Annotated[Path, typer.Argument(help="Data directory (events, users, accounts, conversions).")],
+    out: Annotated[Path, typer.Option(help="Output file, .csv or .parquet (written atomically); unscorable "
+                                           "accounts go to <name>_unscored.csv beside it.")] = Path("scores.csv"),
+    as_of: Annotated[Optional[str], typer.Option(
+        help="Cutoff T, ISO 8601 (2025-06-01 or 2025-06-01T06:00:00Z); only events before T count. "
+             "Default: just after the newest event.")] = None,
+    model: Annotated[Optional[str], typer.Option(
+        help="models:/pql-account-scorer@challenger, models:/pql-account-scorer/3, an alias or a version; "
+             "default the champion.")] = None,
+    format: Annotated[str, typer.Option(
+        "--format", help="default, hubspot (company import) or salesforce (Data Loader upsert on "
+                         "PQL_Account_Id__c).")] = "default",
+    include_converted: Annotated[bool, typer.Option(
+        help="Also score accounts that converted before T (listed as unscored otherwise).")] = False,
+    log_mlflow: Annotated[bool, typer.Option(
+        help="Log the score histogram and share per tier to MLflow (experiment pql-batch-scoring).")] = True,
+    tracking_uri: Annotated[Optional[str], typer.Option(
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db).")] = None,
 ) -> None:
     """Score every account as of a date, with reasons, in a file a CRM imports."""
+    import os
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from serving.batch import score_accounts, write_scores
     from serving.model import ModelError
 
+    if out.suffix not in (".csv", ".parquet"):
+        fail(f"--out {out}: expected a .csv or .parquet file name")
     try:
-        scores, unscored = score_accounts(data_dir, as_of, model, format, tracking_uri)
+        result = score_accounts(data_dir, as_of, model, format, tracking_uri, log_to_mlflow=log_mlflow,
+                                include_converted=include_converted)
     except (ModelError, ValueError) as e:
         fail(str(e))
-    write_scores(scores, out)
-    typer.echo(f"scored {len(scores):,} accounts -> {out}")
-    if len(unscored):
-        path = out.with_name(out.stem + "_unscored.csv")
-        write_scores(unscored, path)
-        typer.echo(f"{len(unscored):,} accounts could not be scored (reasons in {path})")
+    except OSError as e:
+        fail(f"{data_dir}: {e}")
+    unscored_path = out.with_name(out.stem + "_unscored.csv")
+    try:
+        write_scores(result.scores, out)
+        if len(result.unscored):
+            write_scores(result.unscored, unscored_path)
+    except OSError as e:
+        fail(f"cannot write {out}: {e}")
+    tier_col = {"hubspot": "pql_tier", "salesforce": "PQL_Tier__c"}.get(format, "tier")
+    shares = result.scores[tier_col].value_counts() if len(result.scores) else {}
+    typer.echo(f"scored {len(result.scores):,} accounts as of {result.cutoff.isoformat()} with "
+               f"{result.model_version} -> {out}")
+    if len(result.scores):
+        typer.echo("  " + ", ".join(f"{t} {n:,}" for t, n in shares.items()))
+    if len(result.unscored):
+        counts = result.unscored["reason_code"].value_counts()
+        typer.echo(f"{len(result.unscored):,} accounts could not be scored "
+                   f"({', '.join(f'{c} {n:,}' for c, n in counts.items())}); reasons in {unscored_path}")
+    if result.mlflow_run_id:
+        typer.echo(f"distribution logged to MLflow run {result.mlflow_run_id}")
 
 
 @app.command()
 def explain(
-    data_dir: Annotated[Path, typer.Argument(help="data directory")],
-    account_id: Annotated[str, typer.Argument(help="the account to explain")],
-    html: Annotated[Optional[Path], typer.Option("--html", help="write the reviewer page here")] = None,
-    as_of: Annotated[Optional[str], typer.Option(help="cutoff T; default after the newest event")] = None,
-    model: Annotated[Optional[str], typer.Option(help="model URI, alias or version")] = None,
-    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI")] = None,
+    data_dir: Annotated[Path, typer.Argument(help="Data directory (events, users, accounts).")],
+    account_id: Annotated[str, typer.Argument(help="The account to explain.")],
+    html: Annotated[Optional[Path], typer.Option("--html", help="Write the reviewer page (waterfall chart) here.")] = None,
+    as_of: Annotated[Optional[str], typer.Option(help="Cutoff T (ISO 8601); default just after the newest event.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Model URI, alias or version; default the champion.")] = None,
+    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI.")] = None,
 ) -> None:
     """Explain one account's score: every reason, next-best milestones, optional HTML page."""
-    import pandas as pd
+    import os
 
-    from features.contract import load_dataset
-    from features.identity import attach_accounts, resolve_accounts
-    from features.pipeline import online_features
-    from serving.explain import Explainer, render_html
-    from serving.model import ModelError, Scorer, load_from_registry
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from serving.batch import explain_account
+    from serving.explain import render_html
+    from serving.model import ModelError
 
     try:
-        bundle = load_from_registry(model, tracking_uri)
-    except ModelError as e:
-        fail(str(e))
-    ds = load_dataset(data_dir, quarantine=False)
-    events = attach_accounts(ds.events, resolve_accounts(ds.users, ds.events, ds.accounts).user_accounts)
-    mine = events[events["account_id"] == account_id]
-    if mine.empty:
-        fail(f"account_id {account_id!r}: no events in {data_dir}")
-    cutoff = pd.Timestamp(as_of) if as_of else events["timestamp"].max() + pd.Timedelta(seconds=1)
-    feats = online_features(mine, bundle.spec, cutoff,
-                            accounts=ds.accounts[ds.accounts["account_id"] == account_id],
-                            manifest=bundle.manifest)
-    exps, bad = Explainer(Scorer(bundle)).explain(feats, with_all=True)
-    if not exps:
-        fail(f"account_id {account_id!r} cannot be scored: {next(iter(bad.values()), 'no events before cutoff')}")
-    e = exps[0]
-    typer.echo(f"{e.account_id}: score {e.score} ({e.tier}), probability {e.probability:.1%}")
+        e = explain_account(data_dir, account_id, as_of, model, tracking_uri)
+    except (ModelError, ValueError) as err:
+        fail(str(err))
+    except OSError as err:
+        fail(f"{data_dir}: {err}")
+    typer.echo(f"{e.account_id}: score {e.score} ({e.tier}), probability {e.probability:.1%}, "
+               f"as of {e.cutoff}, model {e.model_version}")
+    typer.echo(f"  {e.base_value:+.3f}  base value (log-odds)")
     for c in e.contributions:
         typer.echo(f"  {c['contribution']:+.3f}  {c['text']}")
+    typer.echo(f"  = {e.raw_score:+.3f}  model output (log-odds)")
     for n in e.next_best:
         typer.echo(f"  next: {n['label']} (+{100 * n['probability_gain']:.1f} points)")
     if html:
-        html.write_text(render_html(e), encoding="utf-8")
+        from serving.batch import write_text_atomic
+
+        try:
+            write_text_atomic(render_html(e), html)
+        except OSError as err:
+            fail(f"cannot write {html}: {err}")
         typer.echo(f"page -> {html}")
 
 
 @app.command("feedback-report")
 def feedback_report_cmd(
-    store_url: Annotated[str, typer.Option(help="SQLAlchemy URL of the event store")] = "sqlite:///pql_events.db",
-    scores: Annotated[Optional[Path], typer.Option(help="a scores file from `pql score` (tiers)")] = None,
-    data_dir: Annotated[Optional[Path], typer.Option(help="data directory with conversions")] = None,
+    store_url: Annotated[str, typer.Option(help="SQLAlchemy URL of the event store holding the feedback.")] = "sqlite:///pql_events.db",
+    scores: Annotated[Optional[Path], typer.Option(help="A scores file from `pql score` (any format): the tier of each account.")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Data directory whose conversions to count per tier.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Also write the report as .csv.")] = None,
 ) -> None:
     """Conversions and sales feedback by tier."""
-    import pandas as pd
-
-    from serving.feedback import feedback_report
+    from serving.feedback import feedback_report, read_scores
     from serving.store import EventStore
 
-    sc = None
-    if scores:
-        sc = pd.read_parquet(scores) if scores.suffix == ".parquet" else pd.read_csv(scores)
-    conv = None
-    if data_dir:
-        from features.contract import load_dataset
+    db = store_url[len("sqlite:///"):] if store_url.startswith("sqlite:///") else None
+    if db and not Path(db).is_file():
+        fail(f"--store-url {store_url}: no event store there (the service's PQL_STORE_URL)")
+    try:
+        sc = read_scores(scores) if scores else None
+        conv = None
+        if data_dir:
+            from features.contract import load_dataset
 
-        conv = load_dataset(data_dir, quarantine=False).conversions
-    typer.echo(feedback_report(EventStore(store_url), sc, conv).to_string(index=False))
+            conv = load_dataset(data_dir, quarantine=False).conversions
+        report = feedback_report(EventStore(store_url), sc, conv)
+    except (ValueError, OSError) as e:
+        fail(str(e))
+    typer.echo(report.to_string(index=False))
+    if out:
+        from serving.batch import write_scores
+
+        write_scores(report, out)
+        typer.echo(f"report -> {out}")
 
 
 # --- end to end -----------------------------------------------------------------------------

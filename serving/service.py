@@ -35,6 +35,7 @@ from pydantic import BaseModel, Field
 from serving.explain import Explainer, render_html
 from serving.ingest import MAX_BODY_BYTES, MAX_EVENTS_PER_REQUEST, IngestError, accounts_frame, parse_request
 from serving.model import Scorer, check_manifest, load_bundle
+from serving.online import OnlineFeatureQuery
 from serving.store import DEFAULT_URL, EventStore
 
 logger = logging.getLogger("pql.serving")
@@ -183,6 +184,8 @@ class PQLScorer:
         check_manifest(bundle)
         self.scorer = Scorer(bundle)
         self.explainer = Explainer(self.scorer)
+        # The pipeline's feature query compiled once (compiling it per request costs ~1 s).
+        self.features = OnlineFeatureQuery(bundle.spec, bundle.manifest)
         self.store = EventStore(os.environ.get("PQL_STORE_URL", DEFAULT_URL))
         self.max_events = int(os.environ.get("PQL_MAX_EVENTS", MAX_EVENTS_PER_REQUEST))
         logger.info("serving %s with store %s", bundle.version, self.store.url)
@@ -277,9 +280,9 @@ def _inline_events(acc: AccountIn) -> pd.DataFrame:
                                        "message_id", "source", "properties"])
 
 
-def _cutoff(acc: AccountIn) -> pd.Timestamp:
+def _cutoff(acc: AccountIn, now: pd.Timestamp | None = None) -> pd.Timestamp:
     if acc.as_of is None:
-        return pd.Timestamp.now("UTC").tz_localize(None).floor("s")
+        return now if now is not None else pd.Timestamp.now("UTC").tz_localize(None).floor("s")
     t = pd.Timestamp(acc.as_of)
     return t.tz_convert("UTC").tz_localize(None) if t.tzinfo else t
 
@@ -300,8 +303,12 @@ def explain_accounts_online(svc, accounts: list[AccountIn], with_all: bool = Fal
 
     results: list[dict | None] = [None] * len(accounts)
     by_cutoff: dict[pd.Timestamp, list[int]] = {}
+    # One "now" per batch: accounts without as_of share one cutoff, hence one feature query.
+    # Microseconds kept: an event stored a moment ago is before the cutoff.
+    now = pd.Timestamp.now("UTC").tz_localize(None)
     for i, acc in enumerate(accounts):
-        by_cutoff.setdefault(_cutoff(acc), []).append(i)
+        by_cutoff.setdefault(_cutoff(acc, now), []).append(i)
+    features = getattr(svc, "features", None)
     bundle = svc.scorer.bundle
     for cutoff, idx in by_cutoff.items():
         stored_ids = [accounts[i].account_id for i in idx if accounts[i].events is None]
@@ -316,7 +323,9 @@ def explain_accounts_online(svc, accounts: list[AccountIn], with_all: bool = Fal
                       for i in idx if accounts[i].events is not None]
         if inline_fit:
             acc_frame = pd.concat([acc_frame, pd.DataFrame(inline_fit)], ignore_index=True)
-        if len(events):
+        if len(events) and features is not None:
+            feats = features(events, acc_frame, cutoff)
+        elif len(events):
             feats = online_features(events, bundle.spec, cutoff, accounts=acc_frame,
                                     manifest=bundle.manifest)
         else:

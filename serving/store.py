@@ -195,6 +195,22 @@ class EventStore:
         with self.engine.connect() as conn:
             return {u: a for u, a in conn.execute(q)}
 
+    def _links_to(self, account_ids: Iterable[str]) -> dict[str, str]:
+        """user_id -> account_id (latest group call) for users who ever joined ``account_ids``.
+
+        Two indexed lookups instead of :meth:`user_accounts`' scan of every group call, so
+        scoring one account costs the same in a store of ten or ten million messages.
+        """
+        ids = list(dict.fromkeys(account_ids))
+        joined = (sa.select(messages.c.user_id).distinct()
+                  .where(messages.c.type == "group", messages.c.account_id.in_(ids),
+                         messages.c.user_id.is_not(None)))
+        q = (sa.select(messages.c.user_id, messages.c.account_id)
+             .where(messages.c.type == "group", messages.c.user_id.in_(joined))
+             .order_by(messages.c.timestamp, messages.c.seq))
+        with self.engine.connect() as conn:
+            return {u: a for u, a in conn.execute(q)}
+
     def events(self, account_ids: Iterable[str] | None = None,
                before: dt.datetime | None = None) -> pd.DataFrame:
         """Track/page/screen events as a canonical events frame (``features.schema``).
@@ -202,7 +218,7 @@ class EventStore:
         An event belongs to an account when it names the account itself or when its user
         joined the account with a group call (the latest group call wins).
         """
-        links = self.user_accounts()
+        links = self.user_accounts() if account_ids is None else self._links_to(account_ids)
         q = sa.select(messages.c.user_id, messages.c.account_id, messages.c.event,
                       messages.c.timestamp, messages.c.message_id, messages.c.source,
                       messages.c.properties).where(messages.c.type.in_(("track", "page", "screen")))
