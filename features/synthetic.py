@@ -907,7 +907,9 @@ def _truth_document(seed, n, start_ts, end_ts, months, change_day, product_chang
         "sequences": [{**s, "step_events": [next(m["event"] for m in DRIVERS + STEP_MILESTONES if m["name"] == st)
                                             for st in s["steps"]]} for s in SEQUENCES],
         "step_milestones": STEP_MILESTONES,
-        "driver_events": sorted({m["event"] for m in DRIVERS}),
+        # events whose behaviour drives conversion, including the new names of renamed ones
+        "driver_events": sorted({m["event"] for m in DRIVERS}
+                                | {RENAMED.get(m["event"], m["event"]) for m in DRIVERS if product_change}),
         "non_drivers": list(NOISE_EVENTS) + list(MARKETING_EVENTS) + list(DECOY_EVENTS),
         "noise_events": list(NOISE_EVENTS), "marketing_events": list(MARKETING_EVENTS),
         "decoy_events": list(DECOY_EVENTS),

@@ -67,7 +67,8 @@ def run_demo(out: Path, *, accounts: int = 3000, seed: int = 42, top: int = 10,
     timings["train"] = time.perf_counter() - t
 
     t = stage("5/5 Score every account with the champion model")
-    scores = score_accounts(world, tracking_uri=tracking_uri)
+    batch = score_accounts(world, tracking_uri=tracking_uri)
+    scores, unscored = batch.scores, batch.unscored
     scores_path = out / "scores.csv"
     scores.to_csv(scores_path, index=False)
     timings["score"] = time.perf_counter() - t
@@ -80,6 +81,9 @@ def run_demo(out: Path, *, accounts: int = 3000, seed: int = 42, top: int = 10,
         table.add_row(str(row["account_id"]), f"{row['score']:.0f}", str(row["tier"]), str(row["top_reasons"]))
     console.print(table)
     console.print(f"all scores: {scores_path}")
+    if len(unscored):
+        console.print(f"{len(unscored)} accounts could not be scored (listed with reasons in {out / 'unscored.csv'})")
+        unscored.to_csv(out / "unscored.csv", index=False)
     console.print(f"timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
     console.rule("[bold]Next")
     console.print(f"MLflow UI:     .venv/bin/mlflow ui --backend-store-uri {tracking_uri}")

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,7 +109,8 @@ def parse_cutoff(as_of, events: pd.DataFrame | None = None) -> pd.Timestamp:
     if as_of is None:
         if events is None or events.empty:
             raise ValueError("--as-of: no events to take the default cutoff from; pass --as-of")
-        return pd.Timestamp(events["timestamp"].max()) + pd.Timedelta(seconds=1)
+        # Whole seconds: the cutoff is printed, logged and written into every row.
+        return pd.Timestamp(events["timestamp"].max()).floor("s") + pd.Timedelta(seconds=1)
     try:
         t = pd.Timestamp(as_of)
     except (ValueError, TypeError):
@@ -355,10 +357,18 @@ def write_scores(frame: pd.DataFrame, out: str | Path) -> Path:
             frame.to_csv(tmp, index=False, encoding="utf-8")
         else:
             frame.to_parquet(tmp, index=False)
-        tmp.replace(out)
+        _publish(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
     return out
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    # NamedTemporaryFile makes 0600 files; give the result the permissions a plain open() would.
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o666 & ~umask)
+    tmp.replace(out)
 
 
 def write_text_atomic(text: str, out: str | Path) -> Path:
@@ -370,7 +380,7 @@ def write_text_atomic(text: str, out: str | Path) -> Path:
         f.write(text)
         tmp = Path(f.name)
     try:
-        tmp.replace(out)
+        _publish(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
     return out

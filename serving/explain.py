@@ -161,7 +161,8 @@ class Wording:
             f = _num(val) or 0.0
             return ACCOUNT_WORDING[col].format(v=_int(f), pct=int(round(100 * f)))
         if col.startswith("users_"):
-            return f"{_int(val)} users reached {col[len('users_'):]} milestones"
+            n = _int(val)
+            return f"{n} {'user' if n == '1' else 'users'} reached {col[len('users_'):]} milestones"
         return f"{col.replace('_', ' ')}: {_int(val)}"
 
     def demand_gen(self, event: str, v: dict) -> str:
