@@ -52,14 +52,14 @@ def test_champion_moves_only_when_beaten_on_the_same_rows(store, feature_set, tm
     assert second["alias"] == "champion"
     # the old champion was re-scored on this run's evaluation rows: same figure as its own run
     assert second["champion_roc_auc"] == pytest.approx(weak.model_metrics["roc_auc"], abs=1e-9)
-    assert client.get_model_version_by_alias(NAME, "champion").version == second["version"]
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == second["version"]
 
     third = log_and_register(_train(feature_set, crippled=True), milestones_path=None, data_source="fake",
                              tracking_uri=store)
     assert third["alias"] == "challenger"
     assert third["champion_roc_auc"] == pytest.approx(strong.model_metrics["roc_auc"], abs=1e-9)
-    assert client.get_model_version_by_alias(NAME, "champion").version == second["version"]
-    assert client.get_model_version_by_alias(NAME, "challenger").version == third["version"]
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == second["version"]
+    assert str(client.get_model_version_by_alias(NAME, "challenger").version) == third["version"]
     assert _decision(client, third["run_id"])["alias"] == "challenger"
 
 
