@@ -231,7 +231,7 @@ def revalidate(
 def train(
     data_dir: Annotated[Path, typer.Argument(help="Directory holding events/users/accounts/conversions.")],
     milestones: Annotated[Optional[Path], typer.Option(
-        help="Milestone file (default: DATA_DIR/milestones.yaml).")] = None,
+        help="Milestone file, or a directory holding milestones.yaml (default: DATA_DIR/milestones.yaml).")] = None,
     tracking_uri: Annotated[Optional[str], typer.Option(
         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db).")] = None,
     calibration: Annotated[str, typer.Option(help="Calibrator fit on held-out data: isotonic or platt.")] = "isotonic",
@@ -245,7 +245,10 @@ def train(
     """Train the calibrated milestone scorer beside its baselines; log it to MLflow and register it."""
     from training.train import TrainConfig, train_from_data_dir
 
-    milestones_path = milestones if milestones and str(milestones) else data_dir / "milestones.yaml"
+    # "" (the MLproject default) arrives as Path("."): fall back to the data directory's file.
+    milestones_path = data_dir if milestones is None or str(milestones) in ("", ".") else milestones
+    if milestones_path.is_dir():
+        milestones_path = milestones_path / "milestones.yaml"
     if calibration not in ("isotonic", "platt"):
         fail(f"--calibration must be isotonic or platt, got {calibration!r}")
     if not data_dir.is_dir():
@@ -284,10 +287,12 @@ def serve(
     import subprocess
     import sys
 
-    from serving.model import ModelError, import_to_bentoml
+    from serving.model import ModelError, check_bento_model, import_to_bentoml
 
     try:
         tag = import_to_bentoml(model, tracking_uri)
+        # Refuse before starting workers when the feature code cannot feed this model.
+        check_bento_model(tag)
     except ModelError as e:
         fail(str(e))
     env = dict(os.environ, PQL_BENTO_MODEL=str(tag))

@@ -140,7 +140,11 @@ def import_to_bentoml(model_uri: str | None = None, tracking_uri: str | None = N
 
     mv, uri = resolve_model_version(model_uri, tracking_uri)
     labels = {"mlflow_name": mv.name, "mlflow_version": str(mv.version), "mlflow_run": mv.run_id}
-    for m in bentoml.models.list(BENTO_MODEL_NAME):
+    try:
+        imported = bentoml.models.list(BENTO_MODEL_NAME)
+    except bentoml.exceptions.NotFound:  # an empty store raises instead of returning []
+        imported = []
+    for m in imported:
         if all(m.info.labels.get(k) == v for k, v in labels.items()):
             return m.tag
     with tempfile.TemporaryDirectory() as tmp:
@@ -149,6 +153,15 @@ def import_to_bentoml(model_uri: str | None = None, tracking_uri: str | None = N
                                    metadata={"tracking_uri": uri}) as ref:
             shutil.copytree(local, ref.path, dirs_exist_ok=True)
     return ref.tag
+
+
+def check_bento_model(tag) -> "ModelBundle":
+    """Load a model of the Bento store and run :func:`check_manifest` on it (``pql serve``)."""
+    import bentoml
+
+    bundle = load_bundle(bentoml.models.get(tag).path)
+    check_manifest(bundle)
+    return bundle
 
 
 # --- the loaded bundle ----------------------------------------------------------------------

@@ -143,11 +143,25 @@ def test_nobody_acts_before_signing_up(world):
     assert (ev["timestamp"].to_numpy() >= signed_up.loc[ev["user_id"]].to_numpy()).all()
 
 
-def test_invitee_emails_name_real_teammates(world):
-    ev, users = world["events"], world["users"]
-    invites = ev[ev["event"] == "teammate_invited"]
-    invitee = invites["properties"].map(lambda p: json.loads(p)["invitee_email"])
-    assert invitee.isin(users["email"]).mean() > 0.3
+def test_invites_link_teammates_of_the_same_account(world):
+    """Each invite names a user of the inviter's account or a fresh address at its domain;
+    every user with ``invited_by`` was named by an invite from that inviter."""
+    ev, users, accounts = world["events"], world["users"], world["accounts"]
+    true_acct = world["truth_users"].set_index("user_id")["account_id"]
+    invites = ev[ev["event"] == "teammate_invited"].copy()
+    invites["invitee"] = [json.loads(p)["invitee_email"] for p in invites["properties"]]
+    invites["acct"] = true_acct.loc[invites["user_id"]].to_numpy()
+    by_email = users.set_index("email")["user_id"]
+    known = invites["invitee"].isin(by_email.index)
+    assert known.any() and (~known).any()
+    named = invites[known]
+    assert (true_acct.loc[by_email.loc[named["invitee"]]].to_numpy() == named["acct"].to_numpy()).all()
+    fresh = invites[~known]
+    domain = accounts.set_index("account_id")["domain"]
+    assert (fresh["invitee"].str.split("@").str[1].to_numpy() == domain.loc[fresh["acct"]].to_numpy()).all()
+    invited = users.dropna(subset=["invited_by"])
+    pairs = set(zip(invites["user_id"], invites["invitee"]))
+    assert all((i, e) in pairs for i, e in zip(invited["invited_by"], invited["email"]))
 
 
 def test_conversions_follow_creation_and_usage_continues(world):
