@@ -229,36 +229,38 @@ class _Plan:
         self.cutoffs = cuts
         self.epochs = [c.timestamp() if c.tz else (c - pd.Timestamp(0)).total_seconds() for c in cuts]
         self.rate = _LN2 / half_life_days / _DAY  # per second
+        # serving/online.py recognises this table by its columns (k, cutoff, t_epoch): keep them.
         self.table = ibis.memtable(pd.DataFrame({
             "k": pd.Series(range(len(cuts)), dtype="int64"),
             "cutoff": pd.Series(cuts, dtype="datetime64[us]"),
             "t_epoch": pd.Series(self.epochs, dtype="float64"),
         }))
+        # One row per (bucket b, cutoff k) with b <= k and the decay from T_b to T_k. An equality
+        # join with it turns per-bucket rows into cumulative per-cutoff rows; an inequality join
+        # (bucket <= k) makes DuckDB fall back to a nested-loop join.
+        pairs = [(b, k, math.exp(-self.rate * (self.epochs[k] - self.epochs[b])))
+                 for k in range(len(cuts)) for b in range(k + 1)]
+        self.pairs = ibis.memtable(pd.DataFrame({
+            "bucket": pd.Series([p[0] for p in pairs], dtype="int64"),
+            "k": pd.Series([p[1] for p in pairs], dtype="int64"),
+            "factor": pd.Series([p[2] for p in pairs], dtype="float64"),
+        }))
 
     def bucket(self, ts):
         """Index of the first cutoff strictly after ``ts`` (null when after the last cutoff)."""
         return _cases([(ts < ibis.literal(c.to_pydatetime(), type="timestamp"), i)
-                       for i, c in enumerate(self.cutoffs)])
+                       for i, c in enumerate(self.cutoffs)]).cast("int64")
 
     def bucket_epoch(self, bucket):
-        return _cases([(bucket == i, e) for i, e in enumerate(self.epochs)])
+        return _cases([(bucket == i, ibis.literal(e, type="float64")) for i, e in enumerate(self.epochs)])
 
-    def accumulate(self, t: ir.Table, keys: list[str], *, sums=(), maxs=(), mins=(), decays=()) -> ir.Table:
-        """Per cutoff ``k``: aggregate the rows of buckets ``<= k`` (cumulative over history)."""
-        c = self.table.view()
-        t = t.view()  # a fresh relation: joins of joins otherwise confuse Ibis' join chains
-        j = t.join(c, t.bucket <= c.k)
-        aggs = {}
-        for col in sums:
-            aggs[col] = j[col].sum()
-        for col in maxs:
-            aggs[col] = j[col].max()
-        for col in mins:
-            aggs[col] = j[col].min()
-        for col in decays:
-            shift = (j.t_epoch - self.bucket_epoch(j.bucket)) * (-self.rate)
-            aggs[col] = (j[col] * shift.exp()).sum()
-        return j.group_by([*keys, "k"]).aggregate(**aggs)
+    def epoch_literal(self, k: int) -> ir.FloatingValue:
+        return ibis.literal(self.epochs[k], type="float64")
+
+    def cumulate(self, t: ir.Table, keys: list[str], aggregates: Callable[[ir.Table], dict]) -> ir.Table:
+        """Per cutoff ``k``: aggregate the rows of buckets ``<= k``; ``factor`` decays bucket sums to T_k."""
+        j = t.join(self.pairs, "bucket")
+        return j.group_by([*keys, "k"]).aggregate(**aggregates(j))
 
 
 def _left(left: ir.Table, right: ir.Table, keys: list[str]) -> ir.Table:
@@ -270,6 +272,14 @@ def _left(left: ir.Table, right: ir.Table, keys: list[str]) -> ir.Table:
 
 def _identity(t: ir.Table) -> ir.Table:
     return t
+
+
+def _union(parts: list[ir.Table]) -> ir.Table:
+    return ibis.union(*parts) if len(parts) > 1 else parts[0]
+
+
+#: Offset of the category keys in the long per-bucket table (milestones use their index).
+_CAT_KEY = 1_000_000
 
 
 def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Table,
@@ -303,8 +313,8 @@ def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Ta
     with_label : bool
         Compute ``label`` = converted in (T, T + horizon]; otherwise ``label`` is null.
     materialize : callable, optional
-        Hook applied to the big intermediate tables (e.g. ``Table.cache``) so an engine does not
-        recompute them for each use. Default: leave them lazy.
+        Hook applied to the intermediate tables that are used more than once (e.g. a DuckDB
+        temp table) so an engine does not recompute them for each use. Default: leave them lazy.
 
     Returns
     -------
@@ -314,6 +324,7 @@ def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Ta
     """
     mat = materialize or _identity
     plan = _Plan(cutoffs, spec.settings.half_life_days)
+    n_cuts = len(plan.cutoffs)
     horizon = pd.Timedelta(days=spec.settings.horizon_days)
     if fit_columns is None:
         fit_columns = _schema_fit_columns(accounts.columns)
@@ -321,46 +332,60 @@ def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Ta
         marketing_events = _marketing_events(events)
     marketing_events = sorted(set(marketing_events))
     milestones = list(spec.milestones)
-
-    ev = events.filter(events.account_id.notnull())
-    is_mkt = ev.source.fill_null("product") == "marketing"
-    ev = ev.mutate(is_mkt=is_mkt)
-
-    # --- account start: CRM created_at, else first product event (all history: min < T iff any < T)
-    prod_all = ev.filter(~ev.is_mkt)
-    first_product = prod_all.group_by("account_id").aggregate(first_event=prod_all.timestamp.min())
-    acct_cols = ["account_id", "created_at", *fit_columns]
-    acc = accounts.select(*[c for c in acct_cols if c in accounts.columns])
-    universe = (acc.select("account_id").union(first_product.select("account_id"), distinct=True))
-    started = _left(_left(universe, acc.select("account_id", "created_at"), ["account_id"]),
-                    first_product, ["account_id"])
-    started = started.select("account_id",
-                             start=ibis.coalesce(started.created_at.cast("timestamp"), started.first_event))
-    started = started.filter(started.start.notnull())
-
-    # --- events before the last cutoff, bucketed; the only place the future is cut away
-    last_cut = ibis.literal(plan.cutoffs[-1].to_pydatetime(), type="timestamp")
-    ev = ev.filter(ev.timestamp < last_cut)
-    ev = ev.mutate(bucket=plan.bucket(ev.timestamp))
-    ev = ev.mutate(decay_b=((plan.bucket_epoch(ev.bucket) - _epoch(ev.timestamp)) * (-plan.rate)).exp())
-
-    # Milestone parameters as a small table, so one join/window serves every milestone (a plan
-    # whose size does not grow with the number of milestones compiles and runs faster).
+    index = {m.name: i for i, m in enumerate(milestones)}
+    cat_index = {c: i for i, c in enumerate(CATEGORIES)}
+    # Milestone parameters as a small table: one join/window serves every milestone, so the plan
+    # does not grow with the number of milestones.
     params = ibis.memtable(pd.DataFrame({
-        "m": [m.name for m in milestones], "cat": [m.category for m in milestones],
+        "mi": pd.Series(range(len(milestones)), dtype="int64"),
+        "cat_key": pd.Series([_CAT_KEY + cat_index[m.category] for m in milestones], dtype="int64"),
         "min_count": pd.Series([m.min_count for m in milestones], dtype="int64"),
         "min_users": pd.Series([m.min_users for m in milestones], dtype="int64")}))
-    # Rules beyond "event in list" (where / within_days) are checked on event-level rows.
-    flagged = [m for m in milestones if m.where or m.within_days]
-    simple = [m for m in milestones if not (m.where or m.within_days)]
+    # Rules beyond "event in list" (where / within_days / the n-th event) need event-level rows.
     eventwise = [m for m in milestones if m.where or m.within_days or m.min_count > 1]
+    simple = [m for m in milestones if m not in eventwise]
+    counted = [index[m.name] for m in milestones if m.min_count > 1]
+    crowd = [index[m.name] for m in milestones if m.min_users > 1]
 
-    # --- the compact table: one row per (account, user, event, bucket); the one full pass
+    # --- the one full pass: events before the last cutoff (the only place the future is cut away)
+    # reduced to one row per (account, user, event, source, bucket). Bucket b holds the events in
+    # [T_{b-1}, T_b); per-cutoff values are sums over buckets <= k of this much smaller table.
+    last_cut = ibis.literal(plan.cutoffs[-1].to_pydatetime(), type="timestamp")
+    ev = events.filter(events.account_id.notnull() & (events.timestamp < last_cut))
+    ev = ev.mutate(is_mkt=ev.source.fill_null("product") == "marketing", bucket=plan.bucket(ev.timestamp))
+    # decay of each event measured at the end of its own bucket (never overflows); the pairs
+    # table's factor carries it on to later cutoffs: exp(-r (T_k - t)) = exp(-r (T_k - T_b)) exp(-r (T_b - t))
+    ev = ev.mutate(decay_b=((plan.bucket_epoch(ev.bucket) - _epoch(ev.timestamp)) * (-plan.rate)).exp())
     compact = mat(ev.group_by("account_id", "user_id", "event", "is_mkt", "bucket").aggregate(
         n=ev.count(), first_ts=ev.timestamp.min(), last_ts=ev.timestamp.max(), s=ev.decay_b.sum()))
     product = compact.filter(~compact.is_mkt)
 
-    # --- event-level qualifying rows, only for the milestones that need them
+    # --- per (account, user): first product event, and last product event before each cutoff
+    users = mat(product.group_by("account_id", "user_id").aggregate(
+        first_ts=product.first_ts.min(),
+        **{f"last_{k}": product.last_ts.max(where=product.bucket <= k) for k in range(n_cuts)}))
+    activity_aggs: dict[str, ir.Value] = {"first_product": users.first_ts.min()}
+    for k in range(n_cuts):
+        last = users[f"last_{k}"]
+        age = (plan.epoch_literal(k) - _epoch(last)) / _DAY
+        activity_aggs[f"a7_{k}"] = (age <= 7).sum()  # last event in [T - 7d, T)
+        activity_aggs[f"a30_{k}"] = (age <= 30).sum()
+        activity_aggs[f"seen_{k}"] = last.count()
+    activity = users.group_by("account_id").aggregate(**activity_aggs)
+
+    # --- account start: CRM created_at, else first product event (min < T iff any event < T)
+    acct_cols = ["account_id", "created_at", *fit_columns]
+    acc = accounts.select(*[c for c in acct_cols if c in accounts.columns])
+    first_product = activity.select("account_id", "first_product")
+    universe = acc.select("account_id").union(first_product.select("account_id"), distinct=True)
+    started = _left(_left(universe, acc.select("account_id", "created_at"), ["account_id"]),
+                    first_product, ["account_id"])
+    started = started.select("account_id",
+                             start=ibis.coalesce(started.created_at.cast("timestamp"), started.first_product))
+    started = mat(started.filter(started.start.notnull()))
+
+    # --- event-level qualifying rows, only for the milestones that need them (a second, narrow
+    # scan: the parquet reader skips row groups and columns the event filter rules out)
     qev = None
     if eventwise:
         needed = sorted({e for m in eventwise for e in m.events})
@@ -375,79 +400,74 @@ def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Ta
             if m.within_days:
                 cond = cond & (sub.timestamp <= sub.start + ibis.interval(days=m.within_days))
             parts.append(sub.filter(cond).select("account_id", "user_id", "timestamp", "bucket", "decay_b",
-                                                 m=ibis.literal(m.name)))
-        qev = mat(ibis.union(*parts) if len(parts) > 1 else parts[0])
+                                                 mi=ibis.literal(index[m.name], type="int64")))
+        qev = mat(_union(parts))
 
-    # --- per-milestone qualifying rows (long): compact rows for simple rules, qev for the rest
+    # --- qualifying rows per (account, user, milestone, bucket)
     long_parts = []
     if simple:
-        mapping = ibis.memtable(pd.DataFrame(
-            [(e, m.name) for m in simple for e in m.events], columns=["event", "m"]))
+        mapping = ibis.memtable(pd.DataFrame({
+            "event": pd.Series([e for m in simple for e in m.events], dtype="object"),
+            "mi": pd.Series([index[m.name] for m in simple for _ in m.events], dtype="int64")}))
         j = product.join(mapping, "event")
-        long_parts.append(j.select("account_id", "user_id", "m", "bucket", "n", "first_ts", "last_ts", "s"))
-    if flagged:
-        fq = qev.filter(qev.m.isin([m.name for m in flagged]))
-        long_parts.append(fq.group_by("account_id", "user_id", "m", "bucket").aggregate(
-            n=fq.count(), first_ts=fq.timestamp.min(), last_ts=fq.timestamp.max(), s=fq.decay_b.sum()))
-    mlong = mat(ibis.union(*long_parts) if len(long_parts) > 1 else long_parts[0])
-
-    # per (account, milestone, user): first qualifying time -> distinct users, min_users time
-    per_user = mat(mlong.group_by("account_id", "m", "user_id").aggregate(
+        long_parts.append(j.select("account_id", "user_id", "mi", "bucket", "n", "first_ts", "last_ts", "s"))
+    if eventwise:
+        long_parts.append(qev.group_by("account_id", "user_id", "mi", "bucket").aggregate(
+            n=qev.count(), first_ts=qev.timestamp.min(), last_ts=qev.timestamp.max(), s=qev.decay_b.sum()))
+    mlong = mat(_union(long_parts))
+    per_user = mat(mlong.group_by("account_id", "mi", "user_id").aggregate(
         user_first=mlong.first_ts.min(), user_bucket=mlong.bucket.min()))
 
-    # counts per (account, m, k), cumulative over buckets
-    per_bucket = mlong.group_by("account_id", "m", "bucket").aggregate(
-        n=mlong.n.sum(), last_ts=mlong.last_ts.max(), s=mlong.s.sum())
-    new_users = per_user.group_by("account_id", "m", bucket=per_user.user_bucket).aggregate(new_users=ibis._.count())
-    per_bucket = _left(per_bucket, new_users, ["account_id", "m", "bucket"])  # a user's first bucket has rows
-    mcum = plan.accumulate(per_bucket, ["account_id", "m"], sums=["n", "new_users"], maxs=["last_ts"],
-                           decays=["s"])
-
-    # --- reached_at per (account, milestone): cutoff-independent
-    reached = _reached_at(per_user, qev, params, [m.name for m in milestones if m.min_count > 1])
+    # --- reached_at per (account, milestone): cutoff-independent (depends on history before it)
+    reached = _reached_at(per_user, qev, params, counted, crowd)
     reached_wide = reached.group_by("account_id").aggregate(**{
-        f"ra__{m.name}": reached.reached_at.max(where=reached.m == m.name) for m in milestones})
+        f"ra_{i}": reached.reached_at.max(where=reached.mi == i) for i in range(len(milestones))})
 
-    # --- users per category (per-user reached times) and user activity rollup
-    ur = _user_reached_at(per_user, qev, params, [m.name for m in milestones if m.min_count > 1])
-    ur = ur.group_by("account_id", "user_id", "cat").aggregate(t=ur.user_reached_at.min())
-    ur = ur.mutate(bucket=plan.bucket(ur.t)).filter(ibis._.bucket.notnull())
-    ucat = ur.group_by("account_id", "cat", "bucket").aggregate(n=ibis._.count())
-    ucum = plan.accumulate(ucat, ["account_id", "cat"], sums=["n"])
-    users_by_cat = ucum.group_by("account_id", "k").aggregate(**{
-        f"acct__users_{c}": ucum.n.sum(where=ucum.cat == c) for c in CATEGORIES})
+    # --- one long per-bucket table, pivoted and accumulated by a single join + GROUP BY:
+    # milestone rows (count, last, decay), first-bucket rows of each user (distinct users) and
+    # first-bucket rows of each user per category (users who reached a category)
+    ts_type = mlong.schema()["last_ts"]
+    zero = ibis.literal(0, type="int64")
+    per_bucket = mlong.group_by("account_id", "mi", "bucket").aggregate(
+        n=mlong.n.sum(), last_ts=mlong.last_ts.max(), s=mlong.s.sum())
+    new_users = per_user.group_by("account_id", "mi", "user_bucket").aggregate(nu=per_user.count())
+    user_cat = _user_category_bucket(per_user, qev, params, counted)
+    cat_new = user_cat.group_by("account_id", "cat_key", "bucket").aggregate(nu=user_cat.count())
+    no_ts, no_s = ibis.null().cast(ts_type), ibis.literal(0.0, type="float64")
+    long = _union([
+        per_bucket.select("account_id", key=per_bucket.mi, bucket=per_bucket.bucket, n=per_bucket.n, nu=zero,
+                          last_ts=per_bucket.last_ts, s=per_bucket.s),
+        new_users.select("account_id", key=new_users.mi, bucket=new_users.user_bucket, n=zero, nu=new_users.nu,
+                         last_ts=no_ts, s=no_s),
+        cat_new.select("account_id", key=cat_new.cat_key, bucket=cat_new.bucket, n=zero, nu=cat_new.nu,
+                       last_ts=no_ts, s=no_s),
+    ])
 
-    user_last = product.group_by("account_id", "user_id", "bucket").aggregate(last_ts=product.last_ts.max())
-    ulast = plan.accumulate(user_last, ["account_id", "user_id"], maxs=["last_ts"])
-    ulast = ulast.view().join(plan.table.view(), "k")
-    age = (ulast.t_epoch - _epoch(ulast.last_ts)) / _DAY
-    activity = ulast.group_by("account_id", "k").aggregate(
-        acct__active_users_7d=(age <= 7).sum(),  # last event in [T - 7d, T)
-        acct__active_users_30d=(age <= 30).sum(),
-        users_seen=ulast.count())
+    def pivot(j: ir.Table) -> dict[str, ir.Value]:
+        out: dict[str, ir.Value] = {}
+        for i in range(len(milestones)):
+            mine = j.key == i
+            out[f"c_{i}"] = j.n.sum(where=mine)
+            out[f"u_{i}"] = j.nu.sum(where=mine)
+            out[f"l_{i}"] = j.last_ts.max(where=mine)
+            out[f"d_{i}"] = (j.s * j.factor).sum(where=mine)
+        for c, i in cat_index.items():
+            out[f"acct__users_{c}"] = j.nu.sum(where=j.key == _CAT_KEY + i)
+        return out
 
-    # --- raw activity and demand gen (never mixed into milestone families)
+    cumulative = plan.cumulate(long, ["account_id"], pivot)
+
+    # --- raw activity and demand gen (never mixed into the milestone families)
     fam = spec.settings.activity_events
-    raw_b = product.group_by("account_id", "bucket").aggregate(**{
-        f"raw__{f}": product.n.sum(where=product.event.isin(list(evs))) for f, evs in fam.items()},
-        raw__all_events=product.n.sum())
     raw_cols = [f"raw__{f}" for f in fam] + ["raw__all_events"]
-    raw = plan.accumulate(raw_b, ["account_id"], sums=raw_cols)
-
-    dg = None
-    if marketing_events:
-        mk = compact.filter(compact.is_mkt)
-        dg_b = mk.group_by("account_id", "bucket").aggregate(**{
-            _dg_name(e): mk.s.sum(where=mk.event == e) for e in marketing_events})
-        dg = plan.accumulate(dg_b, ["account_id"], decays=[_dg_name(e) for e in marketing_events])
-
-    # --- pivot milestone stats to wide per (account, k)
-    mwide = mcum.group_by("account_id", "k").aggregate(**{
-        name: expr for m in milestones for name, expr in (
-            (f"c__{m.name}", mcum.n.max(where=mcum.m == m.name)),
-            (f"u__{m.name}", mcum.new_users.max(where=mcum.m == m.name)),
-            (f"l__{m.name}", mcum.last_ts.max(where=mcum.m == m.name)),
-            (f"d__{m.name}", mcum.s.max(where=mcum.m == m.name)))})
+    dg_cols = [_dg_name(e) for e in marketing_events]
+    prod_row, mkt_row = ~compact.is_mkt, compact.is_mkt
+    per_bucket_raw = compact.group_by("account_id", "bucket").aggregate(
+        **{f"raw__{f}": compact.n.sum(where=prod_row & compact.event.isin(list(evs))) for f, evs in fam.items()},
+        raw__all_events=compact.n.sum(where=prod_row),
+        **{_dg_name(e): compact.s.sum(where=mkt_row & (compact.event == e)) for e in marketing_events})
+    raw = plan.cumulate(per_bucket_raw, ["account_id"], lambda j: {
+        **{c: j[c].sum() for c in raw_cols}, **{c: (j[c] * j.factor).sum() for c in dg_cols}})
 
     # --- snapshot rows: accounts started before T (and, for training, not converted before T)
     conv = conversions.group_by("account_id").aggregate(first_conv=conversions.converted_at.min())
@@ -467,13 +487,10 @@ def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Ta
     else:
         snap = snap.mutate(label=ibis.null().cast("int64"))
 
-    x = _left(snap, mwide, ["account_id", "k"])
+    x = _left(snap, cumulative, ["account_id", "k"])
     x = _left(x, reached_wide, ["account_id"])
-    x = _left(x, users_by_cat, ["account_id", "k"])
-    x = _left(x, activity, ["account_id", "k"])
+    x = _left(x, activity.drop("first_product"), ["account_id"])
     x = _left(x, raw, ["account_id", "k"])
-    if dg is not None:
-        x = _left(x, dg, ["account_id", "k"])
     if fit_columns:
         x = _left(x, acc.select("account_id", *fit_columns), ["account_id"])
 
@@ -482,23 +499,28 @@ def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Ta
     def days_to_t(ts):
         return (x.t_epoch - _epoch(ts)) / _DAY
 
+    def at_k(prefix: str):
+        # per-account columns computed for every cutoff: pick this row's
+        return _cases([(x.k == k, x[f"{prefix}_{k}"]) for k in range(n_cuts)])
+
     for m in milestones:
-        ra = x[f"ra__{m.name}"]
+        i = index[m.name]
+        ra = x[f"ra_{i}"]
         hit = ra.notnull() & (ra < x.cutoff)
         cols[f"ms__{m.name}__reached"] = hit.fill_null(False)
-        cols[f"ms__{m.name}__count"] = x[f"c__{m.name}"].fill_null(0).cast("int64")
-        cols[f"ms__{m.name}__users"] = x[f"u__{m.name}"].fill_null(0).cast("int64")
+        cols[f"ms__{m.name}__count"] = x[f"c_{i}"].fill_null(0).cast("int64")
+        cols[f"ms__{m.name}__users"] = x[f"u_{i}"].fill_null(0).cast("int64")
         cols[f"ms__{m.name}__days_since_first"] = ibis.ifelse(hit, days_to_t(ra), ibis.null()).cast("float64")
-        cols[f"ms__{m.name}__days_since_last"] = days_to_t(x[f"l__{m.name}"]).cast("float64")
-        cols[f"ms__{m.name}__decayed"] = x[f"d__{m.name}"].fill_null(0.0).cast("float64")
+        cols[f"ms__{m.name}__days_since_last"] = days_to_t(x[f"l_{i}"]).cast("float64")
+        cols[f"ms__{m.name}__decayed"] = x[f"d_{i}"].fill_null(0.0).cast("float64")
     for s in spec.sequences:
-        done_at = _sequence_completed_at([x[f"ra__{st}"] for st in s.steps], s.within_days)
+        done_at = _sequence_completed_at([x[f"ra_{index[st]}"] for st in s.steps], s.within_days)
         done = done_at.notnull() & (done_at < x.cutoff)
         cols[f"seq__{s.name}__completed"] = done.fill_null(False)
         cols[f"seq__{s.name}__days_since"] = ibis.ifelse(done, days_to_t(done_at), ibis.null()).cast("float64")
-    cols["acct__active_users_7d"] = x.acct__active_users_7d.fill_null(0).cast("int64")
-    cols["acct__active_users_30d"] = x.acct__active_users_30d.fill_null(0).cast("int64")
-    seen = x.users_seen.fill_null(0)
+    cols["acct__active_users_7d"] = at_k("a7").fill_null(0).cast("int64")
+    cols["acct__active_users_30d"] = at_k("a30").fill_null(0).cast("int64")
+    seen = at_k("seen").fill_null(0)
     activated = x.acct__users_activation.fill_null(0)
     cols["acct__share_users_activated"] = ibis.ifelse(
         seen > 0, activated.cast("float64") / seen.cast("float64"), 0.0)
@@ -506,8 +528,8 @@ def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Ta
         cols[f"acct__users_{c}"] = x[f"acct__users_{c}"].fill_null(0).cast("int64")
     for c in fit_columns:
         cols[f"fit__{c}"] = x[c]
-    for e in marketing_events:
-        cols[_dg_name(e)] = x[_dg_name(e)].fill_null(0.0).cast("float64")
+    for c in dg_cols:
+        cols[c] = x[c].fill_null(0.0).cast("float64")
     for c in raw_cols:
         cols[c] = x[c].fill_null(0).cast("int64")
     return x.select(**cols).order_by(["cutoff", "account_id"])
@@ -520,36 +542,44 @@ def _nth(t: ir.Table, partition: list[str], order: list[str], n_col: str, value:
     return t.filter(t._rn + 1 == t[n_col]).select(*partition, **{out: t[value]})
 
 
-def _reached_at(per_user: ir.Table, qev: ir.Table | None, params: ir.Table, counted: list[str]) -> ir.Table:
-    """(account_id, m, reached_at): when the min_count-th qualifying event had happened AND
+def _reached_at(per_user: ir.Table, qev: ir.Table | None, params: ir.Table, counted: list[int],
+                crowd: list[int]) -> ir.Table:
+    """(account_id, mi, reached_at): when the min_count-th qualifying event had happened AND
     min_users distinct users had done it -- a property of the history before that moment."""
-    pu = per_user.join(params, "m")
-    users_t = _nth(pu, ["account_id", "m"], ["user_first", "user_id"], "min_users", "user_first", "users_t")
+    # the min_users-th distinct user: a plain MIN unless the rule asks for several users
+    alone = per_user.filter(~per_user.mi.isin(crowd)) if crowd else per_user
+    parts = [alone.group_by("account_id", "mi").aggregate(users_t=alone.user_first.min())]
+    if crowd:
+        pu = per_user.filter(per_user.mi.isin(crowd)).join(params, "mi")
+        parts.append(_nth(pu, ["account_id", "mi"], ["user_first", "user_id"], "min_users", "user_first",
+                          "users_t"))
+    users_t = _union([p.select("account_id", "mi", users_t=p.users_t.cast("timestamp")) for p in parts])
     if not counted:
-        return users_t.select("account_id", "m", reached_at=users_t.users_t.cast("timestamp"))
-    q = qev.filter(qev.m.isin(counted)).join(params, "m")
-    count_t = _nth(q, ["account_id", "m"], ["timestamp"], "min_count", "timestamp", "count_t")
-    both = users_t.left_join(count_t, ["account_id", "m"])
+        return users_t.select("account_id", "mi", reached_at=users_t.users_t)
+    q = qev.filter(qev.mi.isin(counted)).join(params, "mi")
+    count_t = _nth(q, ["account_id", "mi"], ["timestamp"], "min_count", "timestamp", "count_t")
+    both = _left(users_t, count_t, ["account_id", "mi"])
     # GREATEST skips nulls on DuckDB and Spark: a rule whose min_count is not met must stay null
     later = ibis.ifelse(both.count_t.isnull(), ibis.null().cast("timestamp"),
-                        ibis.greatest(both.users_t, both.count_t))
-    at = ibis.ifelse(both.m.isin(counted), later, both.users_t)
-    out = both.select("account_id", "m", reached_at=at.cast("timestamp"))
+                        ibis.greatest(both.users_t, both.count_t.cast("timestamp")))
+    at = ibis.ifelse(both.mi.isin(counted), later, both.users_t)
+    out = both.select("account_id", "mi", reached_at=at.cast("timestamp"))
     return out.filter(out.reached_at.notnull())
 
 
-def _user_reached_at(per_user: ir.Table, qev: ir.Table | None, params: ir.Table, counted: list[str]) -> ir.Table:
-    """(account_id, user_id, cat, user_reached_at): when that user alone met the rule's min_count."""
-    once = per_user.filter(~per_user.m.isin(counted)) if counted else per_user
-    parts = [once.select("account_id", "user_id", "m", user_reached_at=once.user_first.cast("timestamp"))]
+def _user_category_bucket(per_user: ir.Table, qev: ir.Table | None, params: ir.Table,
+                          counted: list[int]) -> ir.Table:
+    """(account_id, user_id, cat_key, bucket): the bucket in which a user alone first met a rule
+    (its min_count) of that category. Buckets are monotone in time, so the earliest bucket is the
+    bucket of the earliest time."""
+    once = per_user.filter(~per_user.mi.isin(counted)) if counted else per_user
+    parts = [once.select("account_id", "user_id", "mi", bucket=once.user_bucket)]
     if counted:
-        q = qev.filter(qev.m.isin(counted)).join(params, "m")
-        nth = _nth(q, ["account_id", "m", "user_id"], ["timestamp"], "min_count", "timestamp", "user_reached_at")
-        parts.append(nth.select("account_id", "user_id", "m",
-                                user_reached_at=nth.user_reached_at.cast("timestamp")))
-    ur = ibis.union(*parts) if len(parts) > 1 else parts[0]
-    ur = ur.join(params, "m")
-    return ur.select("account_id", "user_id", "cat", "user_reached_at")
+        q = qev.filter(qev.mi.isin(counted)).join(params, "mi")
+        parts.append(_nth(q, ["account_id", "mi", "user_id"], ["timestamp"], "min_count", "bucket", "bucket")
+                     .select("account_id", "user_id", "mi", "bucket"))
+    ur = _union(parts).join(params, "mi")
+    return ur.group_by("account_id", "user_id", "cat_key").aggregate(bucket=ur.bucket.min())
 
 
 def _sequence_completed_at(step_times: list[ir.TimestampValue], within_days: int) -> ir.TimestampValue:

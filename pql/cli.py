@@ -34,7 +34,7 @@ def fail(message: str, code: int = 2) -> None:
 @app.command()
 def generate(
     out: Annotated[Path, typer.Option(help="Directory to write the world into (created if missing).")],
-    accounts: Annotated[int, typer.Option(help="Number of accounts (about 3.5 users and ~150 events each).")] = 5000,
+    accounts: Annotated[int, typer.Option(help="Number of accounts (about 2.6 users and 110 events each).")] = 5000,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed writes identical files.")] = 0,
     start: Annotated[str, typer.Option(help="First day of the simulated period (UTC).")] = "2025-01-01",
     months: Annotated[int, typer.Option(help="Length of the period in months (at least 4).")] = 18,

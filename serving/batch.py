@@ -191,11 +191,10 @@ def eligible_accounts(ds, events: pd.DataFrame, cutoff: pd.Timestamp,
     -------
     (list of account ids, DataFrame ``account_id, reason_code, reason``)
     """
-    ev = events.dropna(subset=["account_id"])
-    acc_ids = ev["account_id"].astype(str)
-    first = ev["timestamp"].groupby(acc_ids).min()
-    before = ev["timestamp"] < cutoff
-    active = set(acc_ids[before].unique())
+    # groupby drops null account ids (events of users no account could be found for).
+    first = events.groupby("account_id", sort=False, observed=True)["timestamp"].min()
+    first.index = first.index.astype(str)
+    active = set(events.loc[events["timestamp"] < cutoff, "account_id"].dropna().astype(str).unique())
     known = set(first.index)
     if ds.accounts is not None and len(ds.accounts):
         known |= set(ds.accounts["account_id"].dropna().astype(str))

@@ -256,3 +256,11 @@ def test_cli_generate_writes_a_world(tmp_path):
     assert (tmp_path / "w" / "truth.json").is_file()
     bad = CliRunner().invoke(app, ["generate", "--out", str(tmp_path / "x"), "--accounts", "0"])
     assert bad.exit_code != 0 and "accounts" in bad.output
+
+
+def test_world_without_product_change_has_no_fading_or_renamed(tmp_path):
+    generate_world(tmp_path, n_accounts=80, seed=2, product_change=False)
+    truth = json.loads((tmp_path / "truth.json").read_text())
+    assert truth["fading"] == [] and truth["renamed"] == {} and truth["product_change_date"] is None
+    events = pd.read_parquet(tmp_path / "events.parquet", columns=["event"])
+    assert "report_opened" not in set(events["event"]) and "report_viewed" in set(events["event"])
