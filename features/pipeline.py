@@ -274,6 +274,11 @@ def _identity(t: ir.Table) -> ir.Table:
     return t
 
 
+def _only(condition: ir.BooleanValue, value: ir.Value) -> ir.Value:
+    """``value`` where ``condition`` holds, else null (for conditional aggregates)."""
+    return ibis.ifelse(condition, value, ibis.null().cast(value.type()))
+
+
 def _union(parts: list[ir.Table]) -> ir.Table:
     return ibis.union(*parts) if len(parts) > 1 else parts[0]
 
@@ -445,14 +450,16 @@ def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Ta
 
     def pivot(j: ir.Table) -> dict[str, ir.Value]:
         out: dict[str, ir.Value] = {}
+        # CASE inside plain aggregates, not FILTER clauses: DuckDB runs ~50 FILTERed aggregates
+        # over a large GROUP BY orders of magnitude slower than the same number of plain ones.
         for i in range(len(milestones)):
             mine = j.key == i
-            out[f"c_{i}"] = j.n.sum(where=mine)
-            out[f"u_{i}"] = j.nu.sum(where=mine)
-            out[f"l_{i}"] = j.last_ts.max(where=mine)
-            out[f"d_{i}"] = (j.s * j.factor).sum(where=mine)
+            out[f"c_{i}"] = _only(mine, j.n).sum()
+            out[f"u_{i}"] = _only(mine, j.nu).sum()
+            out[f"l_{i}"] = _only(mine, j.last_ts).max()
+            out[f"d_{i}"] = _only(mine, j.s * j.factor).sum()
         for c, i in cat_index.items():
-            out[f"acct__users_{c}"] = j.nu.sum(where=j.key == _CAT_KEY + i)
+            out[f"acct__users_{c}"] = _only(j.key == _CAT_KEY + i, j.nu).sum()
         return out
 
     cumulative = plan.cumulate(long, ["account_id"], pivot)

@@ -166,31 +166,89 @@ def features(
 # --- training/ ------------------------------------------------------------------------------
 # (commands: discover, revalidate, train) — see training/
 
-@app.command()
+@app.command(epilog="Examples:\n\n"
+             "  pql discover data --out discovery\n\n"
+             "  pql discover data --horizon-days 270 --windows 14,28,56,84 --ignore-properties '*_id' "
+             "--categories categories.yaml\n\n"
+             "Lists take repeated options or commas (--windows 7,14,30,any). categories.yaml maps name "
+             "patterns to categories, first match wins, before the built-in SaaS patterns: "
+             "'tma_submitted: activation', '\"cma_*\": adoption' (end with '\"*\": adoption' to switch "
+             "the built-in patterns off).")
 def discover(
     data_dir: Annotated[Path, typer.Argument(help="Data directory (events, users, accounts, conversions).")],
     out: Annotated[Path, typer.Option("--out", help="Output directory for candidates.csv, sequences.csv, "
                                       "milestones.yaml and report.html.")] = Path("discovery"),
-    horizon_days: Annotated[int, typer.Option(help="Non-converters must be observed this many days.")] = 30,
+    horizon_days: Annotated[int, typer.Option(help="Non-converters must be observed this many days to count; "
+                                              "also written as settings.horizon_days.")] = 30,
+    min_counts: Annotated[Optional[list[str]], typer.Option(
+        "--min-counts", metavar="N,...", show_default="1,2,3,5,10",
+        help="Candidate thresholds 'at least N times' (1-100).")] = None,
+    windows: Annotated[Optional[list[str]], typer.Option(
+        "--windows", metavar="D,...", show_default="7,14,30,any",
+        help="Candidate windows 'within D days of the account's start'; 'any' = any time. Keep them no "
+        "longer than your earliest snapshot if milestones must be reachable by then.")] = None,
+    min_users: Annotated[Optional[list[str]], typer.Option(
+        "--min-users", metavar="U,...", show_default="1,2,3",
+        help="Candidate thresholds 'by at least U users' (1-10).")] = None,
     prior_k: Annotated[float, typer.Option(help="Pseudo-count of the smoothed odds ratio.")] = 1.0,
     max_milestones: Annotated[int, typer.Option(help="Recommend at most this many milestones.")] = 10,
+    min_lift: Annotated[float, typer.Option(help="A milestone needs at least this lift (converter rate / "
+                                            "non-converter rate) and q < 0.05.")] = 1.25,
+    properties: Annotated[Optional[list[str]], typer.Option(
+        "--properties", metavar="KEY,...", show_default="any key with few values",
+        help="Only these property keys yield candidates (globs; 'key' or 'event.key').")] = None,
+    ignore_properties: Annotated[Optional[list[str]], typer.Option(
+        "--ignore-properties", metavar="KEY,...", help="Property keys that never yield candidates, e.g. ids that stand for "
+        "something else ('*_id', 'cma_submitted.due_day').")] = None,
+    ignore_events: Annotated[Optional[list[str]], typer.Option(
+        "--ignore-events", metavar="EVENT,...", help="Events never tested as candidates (globs); they still count for team size "
+        "and active days.")] = None,
+    categories: Annotated[Optional[Path], typer.Option(
+        "--categories", metavar="FILE", help="YAML file of name pattern -> category (activation, adoption, collaboration, "
+        "expansion); tried before the built-in patterns.")] = None,
+    max_property_values: Annotated[int, typer.Option(
+        help="A property key with more distinct values yields no candidates.")] = 20,
+    start_label: Annotated[Optional[str], typer.Option(
+        show_default="sign-up when accounts start at their first user's sign-up, else the account's start",
+        help="What 'within D days' counts from, in labels (e.g. 'course start').")] = None,
 ) -> None:
-    """Find the milestones that separate converters from non-converters; write milestones.yaml."""
-    from training.discover import DiscoveryError, discover as run_discover, load_data_dir, write_discovery
+    """Find the milestones that separate converters from non-converters; write milestones.yaml.
+
+    Also says how many candidates qualified, why those left out were, and warning signs.
+    """
+    from training.discover import (DiscoveryError, discover as run_discover, load_category_patterns,
+                                   load_data_dir, parse_grid, parse_names, write_discovery)
 
     try:
+        grid = {k: v for k, v in (("min_counts", parse_grid(min_counts, "--min-counts")),
+                                  ("windows", parse_grid(windows, "--windows", allow_any=True)),
+                                  ("min_users", parse_grid(min_users, "--min-users"))) if v is not None}
+        patterns = load_category_patterns(categories) if categories is not None else None
         ds = load_data_dir(data_dir)
-        disc = run_discover(ds, horizon_days=horizon_days, prior_k=prior_k, max_milestones=max_milestones)
+        disc = run_discover(ds, horizon_days=horizon_days, prior_k=prior_k, max_milestones=max_milestones,
+                            min_lift=min_lift, category_patterns=patterns,
+                            properties=parse_names(properties) if properties else None,
+                            ignore_properties=parse_names(ignore_properties),
+                            ignore_events=parse_names(ignore_events), max_property_values=max_property_values,
+                            start_label=start_label, **grid)
         paths = write_discovery(disc, out)
     except (DiscoveryError, ValueError) as e:
         fail(str(e))
     for w in disc.warnings:
         typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
     s = disc.summary
+    sel = s["selection"]
     typer.echo(f"cohort: {s['S']:,} converters, {s['F']:,} non-converters; "
-               f"{s['candidates_tested']:,} candidates tested")
+               f"{s['candidates_tested']:,} candidates tested, {sel['qualified']:,} qualified "
+               f"({sel['qualified_events']} events), {sel['recommended']} recommended")
+    if sel["qualified"] > sel["recommended"]:
+        typer.echo(f"  not recommended although qualified: {sel['one_rule_per_event']} one rule per event, "
+                   f"{sel['redundant']} redundant, {sel['list_full']} list full (column 'selection' in candidates.csv)")
     for m in disc.spec.milestones:
         typer.echo(f"  [{m.category}] {m.name}: {m.label}")
+    if s["warning_signs"]:
+        typer.echo(f"warning signs (lift <= {s['warning_lift']}, not milestones): {s['warning_signs']} candidates "
+                   f"on {', '.join(s['warning_sign_events'])} — see report.html and column 'warning_sign'")
     typer.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 

@@ -34,7 +34,7 @@ from pydantic import BaseModel, Field
 
 from serving.explain import Explainer, render_html
 from serving.ingest import MAX_BODY_BYTES, MAX_EVENTS_PER_REQUEST, IngestError, accounts_frame, parse_request
-from serving.model import Scorer, check_manifest, load_bundle
+from serving.model import ModelError, Scorer, check_manifest, load_bundle
 from serving.online import OnlineFeatureQuery
 from serving.store import DEFAULT_URL, EventStore
 
@@ -159,6 +159,23 @@ class BodyTooLarge(Exception):
 segment_app = FastAPI(title="Segment-compatible ingestion", docs_url=None, redoc_url=None)
 
 
+def _refuse_to_start(error: Exception) -> None:
+    """Stop ``bentoml serve`` itself when a worker cannot start.
+
+    BentoML's arbiter respawns a worker whose start-up failed, forever; a model that does not
+    match the feature code (or a missing secret) fails identically every time, so after
+    logging the reason we ask the arbiter (our parent process) to shut the server down.
+    Outside a ``bentoml serve`` worker (tests, direct use) the exception simply propagates.
+    """
+    from bentoml._internal.context import server_context
+
+    logger.critical("PQL scorer refuses to start: %s", error)
+    if server_context.worker_index is not None and os.getppid() > 1:
+        import signal
+
+        os.kill(os.getppid(), signal.SIGTERM)
+
+
 def _required_env(name: str) -> str:
     value = os.environ.get(name, "")
     if not value:
@@ -175,6 +192,13 @@ class PQLScorer:
     bundle_ref = bentoml.models.BentoModel(os.environ.get("PQL_BENTO_MODEL", "pql-account-scorer:latest"))
 
     def __init__(self) -> None:
+        try:
+            self._setup()
+        except (ModelError, RuntimeError) as e:
+            _refuse_to_start(e)
+            raise
+
+    def _setup(self) -> None:
         _required_env("PQL_API_TOKEN")
         _required_env("PQL_WRITE_KEY")
         model_dir = os.environ.get("PQL_MODEL_DIR") or self.bundle_ref.path

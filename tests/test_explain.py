@@ -126,3 +126,25 @@ def test_html_page_carries_every_contribution(scorer, frame):
     page = render_html(e)
     assert page.count("<tr><td>") == len(e.contributions)
     assert f"score <span id=\"score\">{e.score}</span>" in page
+
+
+def test_batch_summary_words_exactly_like_the_per_account_explanations(scorer, frame):
+    """summarize() words each distinct value combination once; the texts must not differ."""
+    rows = frame.copy()
+    rows.loc[::7, "ms__invited_teammate__days_since_last"] = np.nan  # missing values too
+    ex = Explainer(scorer, top_k=3, next_best_k=1)
+    table, bad = ex.summarize(rows)
+    exps, _ = ex.explain(rows)
+    assert not bad and len(table) == len(exps) == len(rows)
+    for e, (_, row) in zip(exps, table.iterrows()):
+        strongest = sorted(e.reasons_up + e.reasons_down, key=lambda r: -abs(r["contribution"]))[:3]
+        assert row["top_reasons"] == " | ".join(r["text"] for r in strongest)
+        assert row["next_best_milestone"] == (e.next_best[0]["label"] if e.next_best else "")
+        assert row["milestones_reached"] == ";".join(m["name"] for m in e.milestones_reached)
+        assert (row["score"], row["tier"]) == (e.score, e.tier)
+    # Grouping really happened: fewer wording calls than (rows x reasons).
+    calls = []
+    original = ex.wording.word
+    ex.wording.word = lambda *a: calls.append(a) or original(*a)
+    ex.summarize(rows)
+    assert 0 < len(calls) < 3 * len(rows)

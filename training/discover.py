@@ -32,6 +32,7 @@ Method (issue 5)
 
 from __future__ import annotations
 
+import fnmatch
 import itertools
 import json
 import math
@@ -58,14 +59,35 @@ DEFAULT_CATEGORY_PATTERNS: dict[str, list[str]] = {
 COUNT_LEVELS = (1, 2, 3, 5, 10)
 USER_LEVELS = (1, 2, 3)
 ACTIVE_DAY_LEVELS = (2, 3, 5, 10)
+#: Largest "at least N times" / "by at least U users" a candidate grid may ask for (the
+#: aggregation keeps the first N occurrence times per account and item).
+MAX_COUNT_LEVEL, MAX_USER_LEVEL = 100, 10
 _ITEM_SEP = "\x1f"
+#: What ``within_days`` counts from, in labels, unless the start is a sign-up (:func:`describe_start`).
+START_LABEL = "the account's start"
+#: JSON type of a typed property value, as written to candidates.csv (``value_type``).
+_JSON_TYPE_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean"}
 
 CANDIDATE_COLUMNS = [
-    "name", "kind", "event", "property", "value", "min_count", "within_days", "min_users", "category",
+    "name", "kind", "event", "property", "value", "value_type", "min_count", "within_days", "min_users", "category",
     "label", "s", "f", "S", "F", "converter_rate", "converter_rate_low", "converter_rate_high",
     "non_converter_rate", "non_converter_rate_low", "non_converter_rate_high", "lift", "odds_ratio",
-    "phi", "p_value", "q_value", "size_adjusted_lift", "size_adjusted_q", "is_activity", "eligible", "recommended", "conditional_lift",
-    "redundant_with", "rank"]
+    "phi", "p_value", "q_value", "size_adjusted_lift", "size_adjusted_q", "direction", "is_activity",
+    "warning_sign", "eligible", "recommended", "selection", "conditional_lift", "redundant_with", "rank"]
+
+#: ``selection`` codes in candidates.csv: why a candidate was (not) recommended.
+SELECTION_REASONS = {
+    "recommended": "recommended",
+    "one_rule_per_event": "qualified, but discovery keeps one rule per event (another rule of this event "
+                          "represents it)",
+    "redundant": "qualified, but adds little beside an already chosen milestone",
+    "list_full": "qualified, but the list was full",
+    "warning_sign": "warning sign: converters do it far less often (never recommended as a milestone)",
+    "raw_activity": "raw activity (measured for the activity trap, never recommended)",
+    "team_size": "explained by team size (lift adjusted for active users too small or not significant)",
+    "lift_too_small": "significant, but lift too small",
+    "not_significant": "not significant",
+}
 
 
 class DiscoveryError(ValueError):
@@ -281,19 +303,79 @@ def _json_path(key: str) -> str:
     return '$."' + key.replace('"', '\\"') + '"'
 
 
-def _aggregate(events: pd.DataFrame, cohort: pd.DataFrame, *, max_values: int = 20,
-               min_key_share: float = 0.05, threads: int | None = None):
+def matches_any(name: str, patterns: Iterable[str]) -> bool:
+    """True when ``name`` matches one of the glob ``patterns`` (``*``, ``?``, ``[...]``; case-sensitive).
+
+    >>> matches_any("assessment_id", ["*_id"]), matches_any("score", ["score_band"])
+    (True, False)
+    """
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _property_key_allowed(event: str, key: str, allow: Sequence[str] | None, ignore: Sequence[str]) -> bool:
+    """Whether ``key`` of ``event`` may yield property candidates.
+
+    A pattern matches the bare key (``score_band``) or the event-qualified key
+    (``cma_submitted.score_band``), so a key can be allowed or ignored for one event only.
+    """
+    names = (key, f"{event}.{key}")
+    if any(matches_any(n, ignore) for n in names):
+        return False
+    return allow is None or any(matches_any(n, allow) for n in names)
+
+
+def _typed_value(text: str, json_type: str) -> Any:
+    """A property value with its JSON type back (for ``where:``), or the text when in doubt.
+
+    The feature pipeline compares ``where`` values as JSON text (``json.dumps(value)`` against
+    the stored JSON), so a value is only typed when its JSON text is exactly ``text`` again:
+    then the typed rule matches the very same events as the string one.
+
+    >>> _typed_value("4", "BIGINT"), _typed_value("true", "BOOLEAN"), _typed_value("2.5", "DOUBLE")
+    (4, True, 2.5)
+    >>> _typed_value("4", "VARCHAR"), _typed_value("1e400", "DOUBLE")
+    ('4', '1e400')
+    """
+    try:
+        if json_type == "BOOLEAN" and text in ("true", "false"):
+            return text == "true"
+        if json_type in ("BIGINT", "UBIGINT", "HUGEINT") and json.dumps(int(text)) == text:
+            return int(text)
+        if json_type == "DOUBLE":
+            value = float(text)
+            if math.isfinite(value) and json.dumps(value) == text:
+                return value
+    except ValueError:
+        pass
+    return text
+
+
+def _aggregate(events: pd.DataFrame, cohort: pd.DataFrame, *, count_levels: Sequence[int] = COUNT_LEVELS,
+               user_levels: Sequence[int] = USER_LEVELS, max_values: int = 20, min_key_share: float = 0.05,
+               property_keys: Sequence[str] | None = None, ignore_property_keys: Sequence[str] = (),
+               ignore_events: Sequence[str] = (), threads: int | None = None):
     """Reduce events to per-(account, item) occurrence and user times (day offsets from start).
+
+    ``ignore_events`` (globs) yield no candidate items, but still count for team size and active
+    days: ignoring an event means "never recommend it", not "pretend it never happened".
+    ``property_keys`` / ``ignore_property_keys`` (globs on ``key`` or ``event.key``) choose
+    which property keys may yield candidates.
 
     Returns
     -------
     items : DataFrame
-        ``item_id, kind ('event'|'property'|'active_days'), event, property, value``.
-    rows : dict of ndarray
-        ``acc`` (cohort row index), ``item``, ``occ`` (n, 5) and ``usr`` (n, 3) day offsets, inf
-        when never reached before the observation end.
+        ``item_id, kind ('event'|'property'|'active_days'), event, property, value, value_type``
+        (``value`` is the JSON text; ``value_type`` its JSON type: string, integer, number, boolean).
+    rows : dict
+        ``acc`` (cohort row index), ``item``, ``occ`` (n, len(count_levels)) and ``usr``
+        (n, len(user_levels)) day offsets, inf when never reached before the observation end;
+        ``count_levels``, ``user_levels``; ``team_size`` per account; ``event_volume``
+        (DataFrame ``event, n_rows, n_accounts``: event rows and accounts before the observation end).
     """
     import duckdb
+
+    count_levels = tuple(sorted(set(int(n) for n in count_levels)))
+    user_levels = tuple(sorted(set(int(u) for u in user_levels)))
 
     con = duckdb.connect()
     if threads:
@@ -311,7 +393,10 @@ def _aggregate(events: pd.DataFrame, cohort: pd.DataFrame, *, max_values: int = 
         WHERE e.timestamp < c.obs_end AND e.event IS NOT NULL AND e.user_id IS NOT NULL
     """)
     con.unregister("ev_df")
-    event_names = [r[0] for r in con.execute("SELECT DISTINCT event FROM ev ORDER BY event").fetchall()]
+    volume = con.execute("SELECT event, count(*) AS n_rows, count(DISTINCT acc) AS n_accounts FROM ev "
+                         "GROUP BY event ORDER BY n_rows DESC, event").df()
+    ignore_events = tuple(ignore_events)
+    event_names = sorted(e for e in volume["event"] if not matches_any(e, ignore_events))
     con.execute("CREATE TEMP TABLE evd AS SELECT unnest($1::VARCHAR[]) AS event, "
                 "generate_subscripts($1::VARCHAR[], 1) - 1 AS item", [event_names])
 
@@ -334,25 +419,35 @@ def _aggregate(events: pd.DataFrame, cohort: pd.DataFrame, *, max_values: int = 
                AND bool_and(typ IN ('VARCHAR', 'BIGINT', 'UBIGINT', 'BOOLEAN', 'DOUBLE'))
         ORDER BY kv.event, kv.key
     """).df()
+    allow = None if property_keys is None else tuple(property_keys)
+    ignore_keys = tuple(ignore_property_keys)
+    keys = keys[[e in set(event_names) and _property_key_allowed(e, k, allow, ignore_keys)
+                 for e, k in zip(keys["event"], keys["key"])]] if len(keys) else keys
     n_events = len(event_names)
     item_frames = [pd.DataFrame({"item_id": np.arange(n_events), "kind": "event", "event": event_names,
-                                 "property": None, "value": None})]
+                                 "property": None, "value": None, "value_type": None})]
     if len(keys):
         con.register("keys_df", keys[["event", "key"]])
         con.execute("""
             CREATE TEMP TABLE pev AS
             SELECT ev.acc, ev.user_id, ev.event, k.key,
-                   json_extract_string(ev.properties, '$."' || replace(k.key, '"', '\\"') || '"') AS val, ev.d
+                   json_extract_string(ev.properties, '$."' || replace(k.key, '"', '\\"') || '"') AS val,
+                   json_type(ev.properties, '$."' || replace(k.key, '"', '\\"') || '"') AS typ, ev.d
             FROM ev JOIN keys_df k USING (event)
             WHERE ev.properties IS NOT NULL AND json_valid(ev.properties) AND json_type(ev.properties) = 'OBJECT'
         """)
         con.execute("DELETE FROM pev WHERE val IS NULL")
-        pitems = con.execute("SELECT DISTINCT event, key, val FROM pev ORDER BY event, key, val").df()
+        # One item per value text (the pipeline matches text); typed only when every row agrees.
+        pitems = con.execute("""
+            SELECT event, key, val, CASE WHEN count(DISTINCT typ) = 1 THEN any_value(typ) ELSE 'VARCHAR' END AS typ
+            FROM pev GROUP BY event, key, val ORDER BY event, key, val""").df()
+        pitems["typed"] = [_typed_value(v, t) for v, t in zip(pitems["val"], pitems["typ"])]
         pitems["item_id"] = np.arange(n_events, n_events + len(pitems))
         con.register("pitems_df", pitems)
         item_frames.append(pd.DataFrame({"item_id": pitems["item_id"], "kind": "property",
                                          "event": pitems["event"], "property": pitems["key"],
-                                         "value": pitems["val"]}))
+                                         "value": pitems["val"],
+                                         "value_type": [_JSON_TYPE_NAMES[type(v)] for v in pitems["typed"]]}))
         prop_src = """UNION ALL
             SELECT p.acc, p.user_id, i.item_id AS item, p.d FROM pev p
             JOIN pitems_df i ON p.event = i.event AND p.key = i.key AND p.val = i.val"""
@@ -361,24 +456,26 @@ def _aggregate(events: pd.DataFrame, cohort: pd.DataFrame, *, max_values: int = 
     n_items_so_far = sum(len(f) for f in item_frames)
     active_item = n_items_so_far
     item_frames.append(pd.DataFrame({"item_id": [active_item], "kind": "active_days", "event": ["(any product event)"],
-                                     "property": None, "value": None}))
+                                     "property": None, "value": None, "value_type": None}))
     items = pd.concat(item_frames, ignore_index=True)
 
-    occ_cols = ", ".join(f"coalesce(occ[{n}], 'inf'::DOUBLE) AS o{n}" for n in COUNT_LEVELS)
-    usr_cols = ", ".join(f"coalesce(usr[{u}], 'inf'::DOUBLE) AS u{u}" for u in USER_LEVELS)
+    occ_cols = ", ".join(f"coalesce(occ[{n}], 'inf'::DOUBLE) AS o{n}" for n in count_levels)
+    usr_cols = ", ".join(f"coalesce(usr[{u}], 'inf'::DOUBLE) AS u{u}" for u in user_levels)
+    other_users = ", ".join(f"'inf'::DOUBLE AS u{u}" for u in user_levels if u != 1)
+    active_users = ("0.0 AS u1" if 1 in user_levels else "") + (", " if 1 in user_levels and other_users else "") + other_users
     res = con.execute(f"""
         WITH it AS (
             SELECT ev.acc, ev.user_id, evd.item, ev.d FROM ev JOIN evd USING (event)
             {prop_src}
         ),
         firsts AS (SELECT acc, item, user_id, min(d) AS d FROM it GROUP BY ALL),
-        occ AS (SELECT acc, item, min(d, {max(COUNT_LEVELS)}) AS occ FROM it GROUP BY ALL),
-        usr AS (SELECT acc, item, min(d, {max(USER_LEVELS)}) AS usr FROM firsts GROUP BY ALL)
+        occ AS (SELECT acc, item, min(d, {max(count_levels)}) AS occ FROM it GROUP BY ALL),
+        usr AS (SELECT acc, item, min(d, {max(user_levels)}) AS usr FROM firsts GROUP BY ALL)
         SELECT occ.acc, occ.item, {occ_cols}, {usr_cols}
         FROM occ JOIN usr USING (acc, item)
         UNION ALL
-        SELECT acc, {active_item} AS item, {occ_cols}, 0.0 AS u1, 'inf'::DOUBLE AS u2, 'inf'::DOUBLE AS u3
-        FROM (SELECT acc, min(d, {max(COUNT_LEVELS)}) AS occ
+        SELECT acc, {active_item} AS item, {occ_cols}, {active_users}
+        FROM (SELECT acc, min(d, {max(count_levels)}) AS occ
               FROM (SELECT acc, min(d) AS d FROM ev GROUP BY acc, CAST(ts AS DATE)) GROUP BY acc)
     """).fetchnumpy()
     team = con.execute("SELECT acc, count(DISTINCT user_id) AS n FROM ev GROUP BY acc").fetchnumpy()
@@ -388,12 +485,15 @@ def _aggregate(events: pd.DataFrame, cohort: pd.DataFrame, *, max_values: int = 
     rows = {
         "acc": np.asarray(res["acc"], dtype=np.int64),
         "item": np.asarray(res["item"], dtype=np.int64),
-        "occ": np.column_stack([np.asarray(res[f"o{n}"], dtype=float) for n in COUNT_LEVELS]),
-        "usr": np.column_stack([np.asarray(res[f"u{u}"], dtype=float) for u in USER_LEVELS]),
+        "occ": np.column_stack([np.asarray(res[f"o{n}"], dtype=float) for n in count_levels]),
+        "usr": np.column_stack([np.asarray(res[f"u{u}"], dtype=float) for u in user_levels]),
+        "count_levels": count_levels, "user_levels": user_levels,
     }
-    # The active-days item has u1 = 0 ("one user" is always met once a day is counted).
-    rows["usr"][rows["item"] == active_item, 0] = 0.0
+    # The active-days item is met by "one user" as soon as a day is counted.
+    if 1 in user_levels:
+        rows["usr"][rows["item"] == active_item, user_levels.index(1)] = 0.0
     rows["team_size"] = team_size
+    rows["event_volume"] = volume
     return items, rows
 
 
@@ -461,21 +561,121 @@ def reach_times(events: pd.DataFrame, cohort: pd.DataFrame, milestones: Sequence
 # Candidates
 # --------------------------------------------------------------------------------------------
 
-def categorize(name: str, patterns: Mapping[str, Iterable[str]] | None = None) -> str:
-    """Category of an event by the first matching name pattern (substring or regex).
+CategoryPatterns = Mapping[str, Iterable[str]] | Sequence[tuple[str, str]]
+
+
+def _pattern_pairs(patterns: CategoryPatterns | None) -> list[tuple[str, str]]:
+    """Normalise a category map to ordered ``(pattern, category)`` pairs, checking categories."""
+    if patterns is None:
+        patterns = DEFAULT_CATEGORY_PATTERNS
+    if isinstance(patterns, Mapping):
+        pairs = [(p, category) for category, pats in patterns.items() for p in pats]
+    else:
+        pairs = [(p, category) for p, category in patterns]
+    for p, category in pairs:
+        if category not in CATEGORIES:
+            raise DiscoveryError(f"category patterns: unknown category '{category}' for pattern '{p}' "
+                                 f"(expected one of {', '.join(CATEGORIES)})")
+    return pairs
+
+
+def _name_matches(pattern: str, name: str) -> bool:
+    """Case-insensitive: a glob when the pattern has ``*?[``, else a substring, else a regex."""
+    pat, low = pattern.lower(), name.lower()
+    if any(ch in pat for ch in "*?["):
+        return fnmatch.fnmatchcase(low, pat)
+    if pat in low:
+        return True
+    try:
+        return re.search(pat, low) is not None
+    except re.error:
+        return False
+
+
+def categorize(name: str, patterns: CategoryPatterns | None = None) -> str:
+    """Category of an event by the first matching name pattern.
+
+    Parameters
+    ----------
+    name : str
+        Event name.
+    patterns : mapping or sequence, optional
+        Either category -> patterns (like :data:`DEFAULT_CATEGORY_PATTERNS`, the default) or an
+        ordered sequence of ``(pattern, category)`` pairs (what :func:`load_category_patterns`
+        returns). A pattern is a glob when it contains ``*``, ``?`` or ``[`` (matched against
+        the whole name), otherwise a substring (or a regular expression); case-insensitive.
+
+    Returns
+    -------
+    str
+        The category of the first pattern that matches, else ``adoption``.
 
     >>> categorize("teammate_invited"), categorize("plan_upgraded"), categorize("report_created")
     ('collaboration', 'expansion', 'adoption')
+    >>> categorize("tma_submitted", [("tma_*", "activation")])
+    'activation'
     """
-    patterns = DEFAULT_CATEGORY_PATTERNS if patterns is None else patterns
-    low = name.lower()
-    for category, pats in patterns.items():
-        if category not in CATEGORIES:
-            raise DiscoveryError(f"category_patterns: unknown category '{category}' (expected one of {CATEGORIES})")
-        for p in pats:
-            if p.lower() in low or re.search(p, low):
-                return category
+    for p, category in _pattern_pairs(patterns):
+        if _name_matches(p, name):
+            return category
     return "adoption"
+
+
+def load_category_patterns(path: str | Path, *, with_defaults: bool = True) -> list[tuple[str, str]]:
+    """Read a YAML category map: ``pattern: category`` entries, first match wins.
+
+    The file's patterns are tried before the built-in SaaS patterns
+    (:data:`DEFAULT_CATEGORY_PATTERNS`), so a file only needs the names it wants to change; end
+    it with ``"*": adoption`` to switch the built-in patterns off. The grouped form
+    ``category: [pattern, ...]`` is accepted too. Example::
+
+        tma_submitted: activation
+        "cma_*": adoption
+        forum: collaboration
+
+    Parameters
+    ----------
+    path : path
+        The YAML file.
+    with_defaults : bool
+        Append the built-in patterns after the file's.
+
+    Returns
+    -------
+    list of (pattern, category)
+
+    Raises
+    ------
+    DiscoveryError
+        Naming the file and entry when the file is missing, not YAML, not a mapping, or names an
+        unknown category.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise DiscoveryError(f"{path}: category file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise DiscoveryError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict) or not raw:
+        raise DiscoveryError(f"{path}: expected a mapping of name pattern -> category, "
+                             "e.g. 'tma_submitted: activation'")
+    pairs: list[tuple[str, str]] = []
+    for key, value in raw.items():
+        if isinstance(value, str):
+            pairs.append((str(key), value))
+        elif isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value):
+            pairs += [(str(v), str(key)) for v in value]
+        else:
+            raise DiscoveryError(f"{path}: entry '{key}': expected a category name (pattern: category) "
+                                 f"or a list of patterns (category: [patterns]), got {value!r}")
+    for p, category in pairs:
+        if category not in CATEGORIES:
+            raise DiscoveryError(f"{path}: entry '{p}': unknown category '{category}' "
+                                 f"(expected one of {', '.join(CATEGORIES)})")
+    return pairs + (_pattern_pairs(DEFAULT_CATEGORY_PATTERNS) if with_defaults else [])
 
 
 def _words(event: str) -> str:
@@ -487,10 +687,14 @@ def _times(n: int) -> str:
 
 
 def plain_label(kind: str, event: str, min_count: int, within_days: int | None, min_users: int,
-                prop: str | None = None, value: str | None = None) -> str:
+                prop: str | None = None, value: str | None = None, start_label: str = START_LABEL) -> str:
     """A milestone in plain words.
 
+    ``start_label`` names what ``within_days`` counts from (see :func:`describe_start`).
+
     >>> plain_label("event", "teammate_invited", 2, 14, 1)
+    "teammate invited at least twice within 14 days of the account's start"
+    >>> plain_label("event", "teammate_invited", 2, 14, 1, start_label="sign-up")
     'teammate invited at least twice within 14 days of sign-up'
     >>> plain_label("event", "report_exported", 1, None, 2, "format", "pdf")
     'report exported (format = pdf) by at least 2 users'
@@ -504,10 +708,31 @@ def plain_label(kind: str, event: str, min_count: int, within_days: int | None, 
         if min_count > 1:
             text += f" at least {_times(min_count)}"
     if within_days is not None:
-        text += f" within {within_days} days of sign-up"
+        text += f" within {within_days} days of {start_label}"
     if min_users > 1:
         text += f" by at least {min_users} users"
     return text
+
+
+def describe_start(events: pd.DataFrame, users: pd.DataFrame | None, cohort: pd.DataFrame,
+                   *, tolerance_days: float = 1.0, min_share: float = 0.9) -> str:
+    """What an account's start is, in words for labels: ``sign-up`` or ``the account's start``.
+
+    The start is a sign-up when it coincides (within ``tolerance_days``) with the earliest
+    ``users.created_at`` of the account's users for at least ``min_share`` of the cohort — the
+    account began when its first user signed up. Otherwise (no users file, or a start such as
+    a course or contract start) the neutral wording is the right one.
+    """
+    if users is None or not {"user_id", "created_at"} <= set(users.columns) or users["created_at"].isna().all():
+        return START_LABEL
+    pairs = events[["account_id", "user_id"]].drop_duplicates()
+    signed = users.dropna(subset=["created_at"]).drop_duplicates("user_id").set_index("user_id")["created_at"]
+    first_signup = (pairs.assign(created_at=pairs["user_id"].map(signed)).dropna(subset=["created_at"])
+                    .groupby("account_id")["created_at"].min())
+    start = cohort.set_index("account_id")["start"]
+    gap = (first_signup.reindex(start.index).astype("datetime64[us]") - start).abs() / pd.Timedelta(days=1)
+    share = float((gap <= tolerance_days).mean()) if len(gap) else 0.0
+    return "sign-up" if share >= min_share else START_LABEL
 
 
 def _slug(text: str) -> str:
@@ -553,15 +778,18 @@ def _evaluate(items: pd.DataFrame, rows: dict, converted: np.ndarray, windows: S
     key_c = rows["item"][conv_row] * n_strata + row_stratum[conv_row]
     key_n = rows["item"][~conv_row] * n_strata + row_stratum[~conv_row]
     is_active_item = (items["kind"] == "active_days").to_numpy()
+    count_levels, user_levels = rows["count_levels"], rows["user_levels"]
     out = []
-    for n in min_counts:
-        if n not in COUNT_LEVELS:
-            raise DiscoveryError(f"min_counts: {n} is not one of the aggregated levels {COUNT_LEVELS}")
-        o = rows["occ"][:, COUNT_LEVELS.index(n)]
+    # Events are tested at ``min_counts``; distinct active days (the activity trap) always at
+    # ACTIVE_DAY_LEVELS, whatever grid the user chose for events.
+    for n in sorted(set(min_counts) | (set(ACTIVE_DAY_LEVELS) if 1 in min_users else set())):
+        if n not in count_levels:
+            raise DiscoveryError(f"min_counts: {n} is not one of the aggregated levels {count_levels}")
+        o = rows["occ"][:, count_levels.index(n)]
         for u in min_users:
-            if u not in USER_LEVELS:
-                raise DiscoveryError(f"min_users: {u} is not one of the aggregated levels {USER_LEVELS}")
-            t = np.maximum(o, rows["usr"][:, USER_LEVELS.index(u)])
+            if u not in user_levels:
+                raise DiscoveryError(f"min_users: {u} is not one of the aggregated levels {user_levels}")
+            t = np.maximum(o, rows["usr"][:, user_levels.index(u)])
             tc, tn = t[conv_row], t[~conv_row]
             for d in windows:
                 lim = np.inf if d is None else float(d)
@@ -573,7 +801,7 @@ def _evaluate(items: pd.DataFrame, rows: dict, converted: np.ndarray, windows: S
                 with np.errstate(divide="ignore", invalid="ignore"):
                     adjusted = (s_k * (F_k / N_k)).sum(1) / (f_k * (S_k / N_k)).sum(1)
                     adjusted_p = stats.cmh_pvalue(s_k, f_k, S_k, F_k)
-                keep = ~is_active_item | ((u == 1) & (n in ACTIVE_DAY_LEVELS))
+                keep = np.where(is_active_item, (u == 1) and (n in ACTIVE_DAY_LEVELS), n in min_counts)
                 out.append(pd.DataFrame({"item_id": np.arange(n_items)[keep], "min_count": n,
                                          "within_days": d, "min_users": u, "s": s[keep], "f": f[keep],
                                          "size_adjusted_lift": adjusted[keep],
@@ -596,8 +824,8 @@ class _Reacher:
         """Day offset at which each cohort account reached the candidate (inf if never)."""
         item = int(cand["item_id"])
         idx = self.order[self.bounds[item]:self.bounds[item + 1]]
-        t = np.maximum(self.rows["occ"][idx, COUNT_LEVELS.index(int(cand["min_count"]))],
-                       self.rows["usr"][idx, USER_LEVELS.index(int(cand["min_users"]))])
+        t = np.maximum(self.rows["occ"][idx, self.rows["count_levels"].index(int(cand["min_count"]))],
+                       self.rows["usr"][idx, self.rows["user_levels"].index(int(cand["min_users"]))])
         d = cand["within_days"]
         if not pd.isna(d):
             t = np.where(t <= float(d), t, np.inf)
@@ -730,12 +958,158 @@ def _seq_name(steps, w) -> str:
     return "seq_" + "_then_".join(steps) + f"_{w}d"
 
 
+def parse_grid(values: Iterable[str] | None, option: str, *, allow_any: bool = False) -> tuple | None:
+    """Parse a command-line grid such as ``["7,14", "30", "any"]`` into ``(7, 14, 30, None)``.
+
+    Values may be repeated options or comma-separated; ``any`` (only when ``allow_any``) means
+    "any time" (None). Returns None when no value is given (use the default).
+
+    >>> parse_grid(["14,28", "any"], "--windows", allow_any=True)
+    (14, 28, None)
+
+    Raises
+    ------
+    DiscoveryError
+        Naming the option and the value that is not a whole number.
+    """
+    if not values:
+        return None
+    out: list[int | None] = []
+    for chunk in values:
+        for part in str(chunk).split(","):
+            part = part.strip().lower()
+            if not part:
+                continue
+            if allow_any and part in ("any", "none", "all"):
+                out.append(None)
+                continue
+            try:
+                out.append(int(part))
+            except ValueError:
+                hint = " or 'any'" if allow_any else ""
+                raise DiscoveryError(f"{option}: '{part}' is not a whole number{hint}") from None
+    if not out:
+        raise DiscoveryError(f"{option}: no value given")
+    return tuple(out)
+
+
+def parse_names(values: Iterable[str] | None) -> list[str]:
+    """Split repeated and comma-separated name options into a list (``["a,b", "c"]`` -> a, b, c)."""
+    return [part.strip() for chunk in values or () for part in str(chunk).split(",") if part.strip()]
+
+
+def _check_grid(min_counts, windows, min_users) -> tuple[tuple[int, ...], tuple[int | None, ...], tuple[int, ...]]:
+    """Validate the candidate grid; the message names the parameter and the bad value."""
+    def ints(name, values, low, high):
+        values = tuple(values)
+        if not values:
+            raise DiscoveryError(f"{name}: give at least one value")
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not low <= v <= high:
+                raise DiscoveryError(f"{name}: {v!r} is not a whole number from {low} to {high}")
+        return tuple(sorted(set(int(v) for v in values)))
+
+    counts = ints("min_counts", min_counts, 1, MAX_COUNT_LEVEL)
+    users = ints("min_users", min_users, 1, MAX_USER_LEVEL)
+    windows = tuple(windows)
+    if not windows:
+        raise DiscoveryError("windows: give at least one value (days, or None for 'any time')")
+    days = ints("windows", [w for w in windows if w is not None], 1, 100_000) if any(
+        w is not None for w in windows) else ()
+    return counts, tuple(days) + ((None,) if None in windows else ()), users
+
+
+def _selection_reasons(cand: pd.DataFrame, *, alpha: float, min_lift: float, min_adjusted_lift: float) -> pd.Series:
+    """Why each candidate was or was not recommended (a code per row, see :data:`SELECTION_REASONS`)."""
+    reason = pd.Series("not_significant", index=cand.index, dtype=object)
+    significant = cand["q_value"] < alpha
+    reason[significant & ~(cand["lift"] >= min_lift)] = "lift_too_small"
+    reason[significant & (cand["lift"] >= min_lift) & ~((cand["size_adjusted_lift"] >= min_adjusted_lift)
+                                                        & (cand["size_adjusted_q"] < alpha))] = "team_size"
+    reason[cand["warning_sign"]] = "warning_sign"
+    reason[cand["is_activity"]] = "raw_activity"
+    elig = cand["eligible"]
+    reason[elig] = "one_rule_per_event"
+    reason[elig & cand["representative"] & cand["redundant_with"].notna()] = "redundant"
+    reason[elig & cand["representative"] & cand["redundant_with"].isna()] = "list_full"
+    reason[cand["recommended"]] = "recommended"
+    return reason
+
+
+def _selection_note(cand: pd.DataFrame, n_rec: int, min_milestones: int, max_milestones: int,
+                    alpha: float, min_lift: float) -> str | None:
+    """A warning when fewer than ``min_milestones`` were recommended that blames the right cause."""
+    if n_rec == 0:
+        return (f"no candidate qualified (q < {alpha}, lift >= {min_lift}); the milestone file contains the "
+                "best-lift candidate only so that it stays valid — do not train on it as is")
+    if n_rec >= min_milestones:
+        return None
+    eligible = cand[cand["eligible"]]
+    lost = eligible[~eligible["recommended"]]
+    if lost.empty:
+        return (f"only {n_rec} milestones qualified (wanted {min_milestones}-{max_milestones}); "
+                "consider more data or a longer history")
+    reasons = lost["selection"].value_counts()
+    parts = []
+    if reasons.get("one_rule_per_event", 0):
+        parts.append(f"{reasons['one_rule_per_event']} collapsed because discovery keeps one rule per event")
+    if reasons.get("redundant", 0):
+        parts.append(f"{reasons['redundant']} redundant beside a chosen milestone")
+    text = (f"{n_rec} milestones recommended (wanted {min_milestones}-{max_milestones}) although "
+            f"{len(eligible)} candidates qualified on {eligible['event'].nunique()} event name(s): "
+            + "; ".join(parts) + ". The data are not the limit: ")
+    if reasons.get("one_rule_per_event", 0):
+        text += ("the product has few event names, so to get more milestones split events by a property in "
+                 "the data mapping (e.g. one event name per assessment type) or edit milestones.yaml by hand "
+                 "from candidates.csv (column 'selection')")
+    else:
+        text += "the qualifying rules overlap with the chosen ones (see 'redundant_with' in candidates.csv)"
+    return text
+
+
+def _raw_activity_suggestions(cand: pd.DataFrame, volume: pd.DataFrame, *, min_lift: float,
+                              min_reach: float = 0.5, min_per_account: float = 3.0, top: int = 3) -> pd.DataFrame:
+    """Events that look like raw activity: done by most accounts, many times each, with lift near 1.
+
+    Judged on each event's simplest rule (its lowest count threshold, widest window, one user).
+    Returns ``event, per_account, reach, lift`` of at most ``top`` events, most frequent first.
+    """
+    ev = cand[(cand["kind"] == "event") & (cand["min_users"] == cand["min_users"].min())]
+    if ev.empty:
+        return pd.DataFrame(columns=["event", "per_account", "reach", "lift"])
+    ev = ev[ev["min_count"] == ev["min_count"].min()]
+    widest = ev["within_days"].isna() if ev["within_days"].isna().any() else ev["within_days"] == ev["within_days"].max()
+    ev = ev[widest].set_index("event")
+    vol = volume.set_index("event")
+    out = pd.DataFrame({"event": ev.index,
+                        "per_account": (vol["n_rows"] / vol["n_accounts"]).reindex(ev.index).to_numpy(),
+                        "reach": ((ev["s"] + ev["f"]) / (ev["S"] + ev["F"])).to_numpy(),
+                        "lift": ev["lift"].to_numpy()})
+    keep = (out["reach"] >= min_reach) & (out["per_account"] >= min_per_account) & (out["lift"] < min_lift)
+    return out[keep].sort_values("per_account", ascending=False).head(top).reset_index(drop=True)
+
+
+def _settle_activity_events(settings: Settings, present: set[str], explicit: bool) -> tuple[Settings, list[str]]:
+    """Keep only raw-activity families that occur in the data, unless the user set them.
+
+    Returns the settings to write and the names of families whose events never occur.
+    """
+    absent = [f for f, evs in settings.activity_events.items() if not present.intersection(evs)]
+    if absent and not explicit:
+        kept = {f: evs for f, evs in settings.activity_events.items() if f not in absent}
+        settings = settings.model_copy(update={"activity_events": kept})
+    return settings, absent
+
+
 def discover(dataset, *, horizon_days: int = 30, min_counts: Sequence[int] = (1, 2, 3, 5, 10),
              windows: Sequence[int | None] = (7, 14, 30, None), min_users: Sequence[int] = (1, 2, 3),
-             prior_k: float = 1.0, category_patterns: Mapping[str, Iterable[str]] | None = None,
+             prior_k: float = 1.0, category_patterns: CategoryPatterns | None = None,
              max_milestones: int = 10, min_milestones: int = 5, alpha: float = 0.05, min_lift: float = 1.25,
-             min_conditional_lift: float = 1.2, min_adjusted_lift: float = 1.25, min_support_accounts: int = 25, min_support_share: float = 0.02,
-             sequence_windows: Sequence[int] = (7, 14, 30), max_sequences: int = 3,
+             min_conditional_lift: float = 1.2, min_adjusted_lift: float = 1.25, min_support_accounts: int = 25,
+             min_support_share: float = 0.02, sequence_windows: Sequence[int] = (7, 14, 30),
+             max_sequences: int = 3, properties: Sequence[str] | None = None,
+             ignore_properties: Sequence[str] = (), ignore_events: Sequence[str] = (),
+             max_property_values: int = 20, warning_lift: float = 0.5, start_label: str | None = None,
              settings: Settings | None = None, progress: bool = False) -> Discovery:
     """Find the milestones that separate converters from non-converters.
 
@@ -748,13 +1122,15 @@ def discover(dataset, *, horizon_days: int = 30, min_counts: Sequence[int] = (1,
         Non-converters must be observed this long to be in the cohort.
     min_counts, windows, min_users : sequences
         The candidate grid: "at least N times" x "within D days of start" (None: any time) x
-        "by at least U users".
+        "by at least U users". Counts up to 100, users up to 10.
     prior_k : float
         Pseudo-count of the smoothed odds ratio.
-    category_patterns : mapping, optional
-        Category -> name patterns (default :data:`DEFAULT_CATEGORY_PATTERNS`).
+    category_patterns : mapping or sequence of (pattern, category), optional
+        Name patterns -> category (default :data:`DEFAULT_CATEGORY_PATTERNS`; see
+        :func:`categorize` and :func:`load_category_patterns`).
     max_milestones, min_milestones : int
-        How many to recommend (a warning when fewer than ``min_milestones`` qualify).
+        How many to recommend (a warning when fewer than ``min_milestones`` are recommended; it
+        says whether the data or the one-rule-per-event policy is the limit).
     alpha, min_lift, min_adjusted_lift, min_conditional_lift : float
         Eligibility (q < alpha, lift >= min_lift, team-size-adjusted lift >= min_adjusted_lift)
         and the redundancy threshold (lift conditional on an already chosen milestone).
@@ -765,8 +1141,23 @@ def discover(dataset, *, horizon_days: int = 30, min_counts: Sequence[int] = (1,
         W for ordered sequences of recommended milestones.
     max_sequences : int
         How many sequences that beat their members go into the milestone file.
+    properties, ignore_properties : sequences of glob patterns
+        Property keys that may yield candidates (None: any key with at most
+        ``max_property_values`` values) and keys that never do. A pattern matches ``key`` or
+        ``event.key`` (e.g. ``"*_id"``, ``"cma_submitted.score_band"``).
+    ignore_events : sequence of glob patterns
+        Events never tested (they still count for team size and active days).
+    max_property_values : int
+        A property key with more distinct values than this yields no candidates.
+    warning_lift : float
+        Candidates with lift at most this (and q < alpha, also after team-size adjustment) are
+        *warning signs*: reported (``warning_sign``, ``direction``), never recommended.
+    start_label : str, optional
+        What ``within_days`` counts from, in labels; default :func:`describe_start`
+        (``sign-up`` when the start is the first user's sign-up, else "the account's start").
     settings : Settings, optional
         Settings for the written milestone file (its ``activity_events`` define raw activity).
+        Raw-activity families left at their default are kept only when their events occur.
     progress : bool
         Print stage timings.
 
@@ -777,7 +1168,7 @@ def discover(dataset, *, horizon_days: int = 30, min_counts: Sequence[int] = (1,
     Raises
     ------
     DiscoveryError
-        When either outcome group is empty or the inputs lack required columns.
+        When either outcome group is empty, the inputs lack required columns, or the grid is invalid.
     """
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
@@ -790,13 +1181,22 @@ def discover(dataset, *, horizon_days: int = 30, min_counts: Sequence[int] = (1,
         if progress:
             print(f"  {stage}: {timings[stage]:.2f}s", flush=True)
 
+    min_counts, windows, min_users = _check_grid(min_counts, windows, min_users)
+    pattern_pairs = _pattern_pairs(category_patterns)  # fail early on an unknown category
+    explicit_activity = settings is not None and "activity_events" in settings.model_fields_set
     settings = settings or Settings(horizon_days=horizon_days)
     events, notes = account_events(dataset)
+    present = set(events["event"].dropna().unique())
+    settings, absent_families = _settle_activity_events(settings, present, explicit_activity)
     cohort, cohort_notes, counts = build_cohort(events, getattr(dataset, "accounts", None),
                                                 getattr(dataset, "conversions", None), horizon_days)
     notes += cohort_notes
+    if start_label is None:
+        start_label = describe_start(events, getattr(dataset, "users", None), cohort)
     lap("cohort")
-    items, rows = _aggregate(events, cohort)
+    items, rows = _aggregate(events, cohort, count_levels=set(min_counts) | set(ACTIVE_DAY_LEVELS),
+                             user_levels=min_users, max_values=max_property_values, property_keys=properties,
+                             ignore_property_keys=ignore_properties, ignore_events=ignore_events)
     del events
     lap("aggregate")
     converted = cohort["converted"].to_numpy(bool)
@@ -819,26 +1219,29 @@ def discover(dataset, *, horizon_days: int = 30, min_counts: Sequence[int] = (1,
     cand["name"] = [candidate_name(k, e, n, None if pd.isna(d) else int(d), u, p, v)
                     for k, e, n, d, u, p, v in zip(cand["kind"], cand["event"], cand["min_count"], wd,
                                                    cand["min_users"], cand["property"], cand["value"])]
-    cand["label"] = [plain_label(k, e, n, None if pd.isna(d) else int(d), u, p, v)
+    cand["label"] = [plain_label(k, e, n, None if pd.isna(d) else int(d), u, p, v, start_label=start_label)
                      for k, e, n, d, u, p, v in zip(cand["kind"], cand["event"], cand["min_count"], wd,
                                                     cand["min_users"], cand["property"], cand["value"])]
-    cat_of = {e: categorize(e, category_patterns) for e in cand["event"].unique()}
+    cat_of = {e: categorize(e, pattern_pairs) for e in cand["event"].unique()}
     cand["category"] = cand["event"].map(cat_of)
     cand["is_activity"] = cand["event"].isin(activity) | (cand["kind"] == "active_days")
-    cand["eligible"] = ((cand["q_value"] < alpha) & (cand["lift"] >= min_lift)
-                        & (cand["size_adjusted_lift"] >= min_adjusted_lift)
-                        & (cand["size_adjusted_q"] < alpha) & ~cand["is_activity"])
+    cand["direction"] = np.select([cand["lift"] > 1, cand["lift"] < 1], ["positive", "negative"], "none")
+    significant = (cand["q_value"] < alpha) & (cand["size_adjusted_q"] < alpha)
+    cand["eligible"] = (significant & (cand["lift"] >= min_lift)
+                        & (cand["size_adjusted_lift"] >= min_adjusted_lift) & ~cand["is_activity"])
+    # Negative signals (e.g. "unregistered"): strong and significant, also within team-size strata.
+    cand["warning_sign"] = (significant & (cand["lift"] <= warning_lift)
+                            & (cand["size_adjusted_lift"] <= 1 / min_adjusted_lift) & ~cand["is_activity"])
     reacher = _Reacher(rows, len(items), len(cohort))
     cand = _select(cand, reacher, converted, min_conditional_lift=min_conditional_lift,
                    max_milestones=max_milestones)
+    cand["selection"] = _selection_reasons(cand, alpha=alpha, min_lift=min_lift, min_adjusted_lift=min_adjusted_lift)
     n_rec = int(cand["recommended"].sum())
-    if n_rec == 0:
-        notes.append("no candidate qualified (q < {alpha}, lift >= {min_lift}); the milestone file "
-                     "contains the best-lift candidate only so that it stays valid — do not train on it as is"
-                     .format(alpha=alpha, min_lift=min_lift))
-    elif n_rec < min_milestones:
-        notes.append(f"only {n_rec} milestones qualified (wanted {min_milestones}-{max_milestones}); "
-                     "consider more data or a longer history")
+    note = _selection_note(cand, n_rec, min_milestones, max_milestones, alpha, min_lift)
+    if note:
+        notes.append(note)
+    suggestions = _raw_activity_suggestions(cand, rows["event_volume"], min_lift=min_lift)
+    notes += _activity_notes(settings, absent_families, explicit_activity, suggestions)
     lap("selection")
 
     chosen = cand[cand["recommended"]].sort_values("rank")
@@ -866,11 +1269,54 @@ def discover(dataset, *, horizon_days: int = 30, min_counts: Sequence[int] = (1,
 
     cand = cand.sort_values(["recommended", "rank", "lift"], ascending=[False, True, False], ignore_index=True)
     cand = cand[CANDIDATE_COLUMNS + [c for c in cand.columns if c not in CANDIDATE_COLUMNS]]
+    eligible = cand[cand["eligible"]]
+    lost = eligible.loc[~eligible["recommended"], "selection"].value_counts()
+    selection = {"qualified": len(eligible), "qualified_events": int(eligible["event"].nunique()),
+                 "recommended": n_rec,
+                 "one_rule_per_event": int(lost.get("one_rule_per_event", 0)),
+                 "redundant": int(lost.get("redundant", 0)), "list_full": int(lost.get("list_full", 0))}
+    warn = cand[cand["warning_sign"]]
     summary = dict(counts, S=S, F=F, candidates_evaluated=n_evaluated, candidates_tested=len(cand),
                    min_support=min_support, items=len(items), timings=timings, alpha=alpha, min_lift=min_lift,
-                   prior_k=prior_k, horizon_days=horizon_days, windows=[w for w in windows],
-                   min_counts=list(min_counts), min_users=list(min_users))
+                   prior_k=prior_k, horizon_days=horizon_days, windows=list(windows),
+                   min_counts=list(min_counts), min_users=list(min_users), max_milestones=max_milestones,
+                   start_label=start_label, selection=selection, warning_lift=warning_lift,
+                   warning_signs=len(warn), warning_sign_events=sorted(warn["event"].unique()),
+                   raw_activity_suggestions=suggestions.to_dict("records"),
+                   ignore_events=list(ignore_events), properties=None if properties is None else list(properties),
+                   ignore_properties=list(ignore_properties))
     return Discovery(candidates=cand, sequences=seqs, spec=spec, warnings=notes, cohort=cohort, summary=summary)
+
+
+def _activity_notes(settings: Settings, absent: list[str], explicit: bool, suggestions: pd.DataFrame) -> list[str]:
+    """Warnings about raw-activity families (the activity trap needs them to measure anything).
+
+    Default families whose events never occur were dropped (``absent``): warn when none is left.
+    Families the user set are kept: warn about each one that measures nothing. Either way,
+    suggest events that look like raw activity when no family measures anything.
+    """
+    notes = []
+    if explicit:
+        if not absent:
+            return notes
+        text = "settings.activity_events: no event of " + ", ".join(
+            f"'{f}' ({', '.join(settings.activity_events[f])})" for f in absent) + " occurs in the data"
+        if len(absent) < len(settings.activity_events):
+            return [text]
+    elif any(settings.activity_events.values()):
+        return notes
+    else:
+        text = ("no raw-activity events: the data have none of the default login/page_view/api_call events, "
+                "so milestones.yaml gets no activity_events and the activity baseline counts all events only")
+    if len(suggestions):
+        text += ("; events that look like raw activity (done by most accounts, many times each, lift near 1): "
+                 + ", ".join(f"{r.event} ({r.per_account:.0f} per account, lift {r.lift:.2f})"
+                             for r in suggestions.itertuples())
+                 + " — list them under settings.activity_events in milestones.yaml to measure the activity trap")
+    else:
+        text += "; no event looks like raw activity (done by most accounts, many times each, lift near 1)"
+    notes.append(text)
+    return notes
 
 
 def _to_milestone(row: pd.Series) -> Milestone:
@@ -879,9 +1325,20 @@ def _to_milestone(row: pd.Series) -> Milestone:
             f"non-converters {row['non_converter_rate']:.0%}, q = {row['q_value']:.2g}")
     return Milestone(
         name=row["name"], category=row["category"], label=row["label"], event=row["event"],
-        where=({row["property"]: row["value"]} if row["kind"] == "property" else None),
+        where=({row["property"]: _where_value(row["value"], row["value_type"])} if row["kind"] == "property" else None),
         min_count=int(row["min_count"]), within_days=None if pd.isna(wd) else int(wd),
         min_users=int(row["min_users"]), points=_points(row["lift"]), description=desc)
+
+
+def _where_value(text: str, value_type: str | None) -> Any:
+    """The ``where:`` value of a property candidate with its JSON type (see :func:`_typed_value`)."""
+    if value_type == "boolean":
+        return text == "true"
+    if value_type == "integer":
+        return int(text)
+    if value_type == "number":
+        return float(text)
+    return text
 
 
 def _points(lift: float) -> float:

@@ -14,7 +14,6 @@ Example
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -460,7 +459,7 @@ def check_dataset(dataset, spec: MilestoneSpec) -> None:
             "the milestone file does not match the data: none of its events occurs in the events table "
             f"(it expects e.g. {sorted(spec.all_events)[:8]}). Use a milestone file discovered from this data "
             "(pql discover) or events named as the file says")
-    if unused and os.environ.get("PQL_QUIET") != "1":
+    if unused:
         import warnings
 
         warnings.warn(f"milestones whose events never occur in the data (always 0): {unused}", stacklevel=2)
