@@ -5,12 +5,20 @@ The data are built in memory with numpy/pyarrow (no files): 20,000 accounts, ~3 
 and 5 planted drivers. Only ``discover()`` is timed.
 
     .venv/bin/python bench/bench_discover.py [--events 10000000] [--accounts 20000]
+
+With ``--world DIR`` (one or more generated worlds, ``pql generate``) it measures the acceptance
+of issue 5 instead: share of ``truth.json`` drivers recommended, non-drivers and noise
+recommended, and whether re-validation flags the fading driver.
+
+    .venv/bin/python bench/bench_discover.py --world /tmp/w11 /tmp/w0
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -71,11 +79,40 @@ def build(n_events: int, n_accounts: int, n_types: int = 200, seed: int = 0) -> 
     return SimpleNamespace(events=events, users=None, accounts=accounts, conversions=conversions)
 
 
+def acceptance(world: Path) -> dict:
+    """Discover (defaults) and re-validate one generated world; compare with its truth.json."""
+    from features.contract import load_dataset
+    from training.revalidate import revalidate
+
+    truth = json.loads((world / "truth.json").read_text())
+    ds = load_dataset(world)
+    t = time.perf_counter()
+    d = discover(ds)
+    elapsed = time.perf_counter() - t
+    rec = set(d.candidates.loc[d.candidates["recommended"], "event"])
+    drivers, non, noise = (set(truth[k]) for k in ("driver_events", "non_drivers", "noise_events"))
+    r = revalidate(ds, d.spec)
+    lift_flags = r.flags[r.flags["flag"] == "lift_below_threshold"]
+    fading = {m.name for m in d.spec.milestones if set(m.events) & set(truth["fading_events"])}
+    return {"world": world.name, "drivers": f"{len(rec & drivers)}/{len(drivers)}",
+            "driver_share": len(rec & drivers) / len(drivers),
+            "non_driver_share": len(rec - drivers) / max(1, len(rec)), "non_drivers": sorted(rec & non),
+            "noise": sorted(rec & noise), "fading_flagged": sorted(set(lift_flags["milestone"]) & fading),
+            "other_lift_flags": sorted(set(lift_flags["milestone"]) - fading), "seconds": round(elapsed, 1),
+            "selection": d.summary["selection"], "start_label": d.summary["start_label"],
+            "warning_signs": d.summary["warning_sign_events"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=10_000_000)
     ap.add_argument("--accounts", type=int, default=20_000)
+    ap.add_argument("--world", type=Path, nargs="*", help="measure acceptance on generated worlds instead")
     args = ap.parse_args()
+    if args.world:
+        for w in args.world:
+            print(acceptance(w))
+        return
     t = time.perf_counter()
     ds = build(args.events, args.accounts)
     print(f"built {len(ds.events):,} events, {ds.events['event'].nunique()} event types, "

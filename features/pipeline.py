@@ -368,7 +368,7 @@ def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Ta
     # --- per (account, user): first product event, and last product event before each cutoff
     users = mat(product.group_by("account_id", "user_id").aggregate(
         first_ts=product.first_ts.min(),
-        **{f"last_{k}": product.last_ts.max(where=product.bucket <= k) for k in range(n_cuts)}))
+        **{f"last_{k}": _only(product.bucket <= k, product.last_ts).max() for k in range(n_cuts)}))
     activity_aggs: dict[str, ir.Value] = {"first_product": users.first_ts.min()}
     for k in range(n_cuts):
         last = users[f"last_{k}"]
@@ -426,55 +426,48 @@ def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Ta
     # --- reached_at per (account, milestone): cutoff-independent (depends on history before it)
     reached = _reached_at(per_user, qev, params, counted, crowd)
     reached_wide = reached.group_by("account_id").aggregate(**{
-        f"ra_{i}": reached.reached_at.max(where=reached.mi == i) for i in range(len(milestones))})
+        f"ra_{i}": _only(reached.mi == i, reached.reached_at).max() for i in range(len(milestones))})
 
-    # --- one long per-bucket table, pivoted and accumulated by a single join + GROUP BY:
-    # milestone rows (count, last, decay), first-bucket rows of each user (distinct users) and
-    # first-bucket rows of each user per category (users who reached a category)
-    ts_type = mlong.schema()["last_ts"]
-    zero = ibis.literal(0, type="int64")
-    per_bucket = mlong.group_by("account_id", "mi", "bucket").aggregate(
-        n=mlong.n.sum(), last_ts=mlong.last_ts.max(), s=mlong.s.sum())
-    new_users = per_user.group_by("account_id", "mi", "user_bucket").aggregate(nu=per_user.count())
-    user_cat = _user_category_bucket(per_user, qev, params, counted)
-    cat_new = user_cat.group_by("account_id", "cat_key", "bucket").aggregate(nu=user_cat.count())
-    no_ts, no_s = ibis.null().cast(ts_type), ibis.literal(0.0, type="float64")
-    long = _union([
-        per_bucket.select("account_id", key=per_bucket.mi, bucket=per_bucket.bucket, n=per_bucket.n, nu=zero,
-                          last_ts=per_bucket.last_ts, s=per_bucket.s),
-        new_users.select("account_id", key=new_users.mi, bucket=new_users.user_bucket, n=zero, nu=new_users.nu,
-                         last_ts=no_ts, s=no_s),
-        cat_new.select("account_id", key=cat_new.cat_key, bucket=cat_new.bucket, n=zero, nu=cat_new.nu,
-                       last_ts=no_ts, s=no_s),
-    ])
-
-    def pivot(j: ir.Table) -> dict[str, ir.Value]:
-        out: dict[str, ir.Value] = {}
-        # CASE inside plain aggregates, not FILTER clauses: DuckDB runs ~50 FILTERed aggregates
-        # over a large GROUP BY orders of magnitude slower than the same number of plain ones.
-        for i in range(len(milestones)):
-            mine = j.key == i
-            out[f"c_{i}"] = _only(mine, j.n).sum()
-            out[f"u_{i}"] = _only(mine, j.nu).sum()
-            out[f"l_{i}"] = _only(mine, j.last_ts).max()
-            out[f"d_{i}"] = _only(mine, j.s * j.factor).sum()
-        for c, i in cat_index.items():
-            out[f"acct__users_{c}"] = _only(j.key == _CAT_KEY + i, j.nu).sum()
-        return out
-
-    cumulative = plan.cumulate(long, ["account_id"], pivot)
-
-    # --- raw activity and demand gen (never mixed into the milestone families)
+    # --- every per-(account, bucket) quantity, pivoted to one wide row per (account, bucket) from
+    # each source, then accumulated over buckets <= k by ONE join with the pairs table. Pivoting
+    # before the join keeps the rows x columns the aggregates touch small; CASE inside plain
+    # aggregates, not FILTER clauses: DuckDB runs dozens of FILTERed aggregates in one large
+    # GROUP BY an order of magnitude slower.
+    n_ms = range(len(milestones))
     fam = spec.settings.activity_events
     raw_cols = [f"raw__{f}" for f in fam] + ["raw__all_events"]
     dg_cols = [_dg_name(e) for e in marketing_events]
-    prod_row, mkt_row = ~compact.is_mkt, compact.is_mkt
-    per_bucket_raw = compact.group_by("account_id", "bucket").aggregate(
-        **{f"raw__{f}": compact.n.sum(where=prod_row & compact.event.isin(list(evs))) for f, evs in fam.items()},
-        raw__all_events=compact.n.sum(where=prod_row),
-        **{_dg_name(e): compact.s.sum(where=mkt_row & (compact.event == e)) for e in marketing_events})
-    raw = plan.cumulate(per_bucket_raw, ["account_id"], lambda j: {
-        **{c: j[c].sum() for c in raw_cols}, **{c: (j[c] * j.factor).sum() for c in dg_cols}})
+    cat_cols = [f"acct__users_{c}" for c in CATEGORIES]
+    one = ibis.literal(1.0, type="float64")
+    # counts are summed as DOUBLE (exact below 2**53): DuckDB's BIGINT sum keeps a slow HUGEINT state
+    n_float, s_float = mlong.n.cast("float64"), mlong.s
+    by_milestone = mlong.group_by("account_id", "bucket").aggregate(**{
+        name: expr for i in n_ms for name, expr in (
+            (f"c_{i}", _only(mlong.mi == i, n_float).sum()),
+            (f"l_{i}", _only(mlong.mi == i, mlong.last_ts).max()),
+            (f"d_{i}", _only(mlong.mi == i, s_float).sum()))})
+    # a user counts from the bucket of their first qualifying event on
+    new_users = per_user.group_by("account_id", bucket=per_user.user_bucket).aggregate(**{
+        f"u_{i}": _only(per_user.mi == i, one).sum() for i in n_ms})
+    user_cat = _user_category_bucket(per_user, qev, params, counted)
+    cat_users = user_cat.group_by("account_id", "bucket").aggregate(**{
+        f"acct__users_{c}": _only(user_cat.cat_key == _CAT_KEY + i, one).sum() for c, i in cat_index.items()})
+    prod_row, mkt_row, n_all = ~compact.is_mkt, compact.is_mkt, compact.n.cast("float64")
+    raw_dg = compact.group_by("account_id", "bucket").aggregate(
+        **{f"raw__{f}": _only(prod_row & compact.event.isin(list(evs)), n_all).sum() for f, evs in fam.items()},
+        raw__all_events=_only(prod_row, n_all).sum(),
+        **{_dg_name(e): _only(mkt_row & (compact.event == e), compact.s).sum() for e in marketing_events})
+
+    # each part accumulated on its own: a union would make every row carry every column
+    parts = [
+        plan.cumulate(by_milestone, ["account_id"], lambda j: {
+            **{f"c_{i}": j[f"c_{i}"].sum() for i in n_ms}, **{f"l_{i}": j[f"l_{i}"].max() for i in n_ms},
+            **{f"d_{i}": (j[f"d_{i}"] * j.factor).sum() for i in n_ms}}),
+        plan.cumulate(new_users, ["account_id"], lambda j: {f"u_{i}": j[f"u_{i}"].sum() for i in n_ms}),
+        plan.cumulate(cat_users, ["account_id"], lambda j: {c: j[c].sum() for c in cat_cols}),
+        plan.cumulate(raw_dg, ["account_id"], lambda j: {
+            **{c: j[c].sum() for c in raw_cols}, **{c: (j[c] * j.factor).sum() for c in dg_cols}}),
+    ]
 
     # --- snapshot rows: accounts started before T (and, for training, not converted before T)
     conv = conversions.group_by("account_id").aggregate(first_conv=conversions.converted_at.min())
@@ -494,10 +487,11 @@ def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Ta
     else:
         snap = snap.mutate(label=ibis.null().cast("int64"))
 
-    x = _left(snap, cumulative, ["account_id", "k"])
+    x = snap
+    for part in parts:
+        x = _left(x, part, ["account_id", "k"])
     x = _left(x, reached_wide, ["account_id"])
     x = _left(x, activity.drop("first_product"), ["account_id"])
-    x = _left(x, raw, ["account_id", "k"])
     if fit_columns:
         x = _left(x, acc.select("account_id", *fit_columns), ["account_id"])
 

@@ -243,7 +243,8 @@ def discover(
                f"({sel['qualified_events']} events), {sel['recommended']} recommended")
     if sel["qualified"] > sel["recommended"]:
         typer.echo(f"  not recommended although qualified: {sel['one_rule_per_event']} one rule per event, "
-                   f"{sel['redundant']} redundant, {sel['list_full']} list full (column 'selection' in candidates.csv)")
+                   f"{sel['event_best_rule_not_eligible']} event's best rule not qualified, {sel['redundant']} "
+                   f"redundant, {sel['list_full']} list full (column 'selection' in candidates.csv)")
     for m in disc.spec.milestones:
         typer.echo(f"  [{m.category}] {m.name}: {m.label}")
     if s["warning_signs"]:
@@ -285,6 +286,34 @@ def revalidate(
 
 
 
+def _parse_cutoff_dates(text: str) -> list:
+    """``2024-03-01,2024-04-01`` -> sorted distinct naive UTC datetimes (ValueError names the bad item)."""
+    import pandas as pd
+
+    out = set()
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            continue
+        try:
+            ts = pd.Timestamp(item)
+        except ValueError:
+            raise ValueError(f"{item!r} is not a date (use ISO 8601, e.g. 2024-03-01)") from None
+        out.add((ts.tz_convert("UTC").tz_localize(None) if ts.tz else ts).to_pydatetime())
+    if len(out) < 3:
+        raise ValueError(f"the time split needs at least 3 distinct dates, got {len(out)}")
+    return sorted(out)
+
+
+def _echo_warnings(caught) -> None:
+    """Print recorded warnings once each, as `warning: ...` lines (no file:line noise)."""
+    seen = set()
+    for w in caught:
+        text = str(w.message)
+        if text not in seen:
+            seen.add(text)
+            typer.secho(f"warning: {text}", fg=typer.colors.YELLOW, err=True)
+
+
 @app.command()
 def train(
     data_dir: Annotated[Path, typer.Argument(help="Directory holding events/users/accounts/conversions.")],
@@ -299,8 +328,24 @@ def train(
     baselines: Annotated[bool, typer.Option(help="Also fit the baselines and ablations for the comparison table.")] = True,
     register: Annotated[bool, typer.Option(help="Log to MLflow and register pql-account-scorer.")] = True,
     quiet: Annotated[bool, typer.Option(help="No progress bars or tables.")] = False,
+    cutoffs: Annotated[Optional[str], typer.Option(
+        help="Comma-separated snapshot dates (e.g. 2024-03-01,2024-04-01) instead of the milestone file's "
+             "settings.cutoffs schedule.")] = None,
+    every_days: Annotated[Optional[int], typer.Option(
+        min=1, help="Days between cutoffs (overrides settings.cutoffs.every_days).")] = None,
+    count: Annotated[Optional[int], typer.Option(
+        min=3, help="Number of cutoffs, newest first, ending one horizon before the newest event or "
+                    "conversion (overrides settings.cutoffs.count).")] = None,
 ) -> None:
-    """Train the calibrated milestone scorer beside its baselines; log it to MLflow and register it."""
+    """Train the calibrated milestone scorer beside its baselines; log it to MLflow and register it.
+
+    Snapshots are taken at the milestone file's settings.cutoffs (default: weekly over the whole
+    history, at most 104); --cutoffs, --every-days and --count override it for this run. The
+    split table shows every cutoff: train, gap (unused: within one horizon of the held-out
+    part), calibration and evaluation (newest).
+    """
+    import warnings
+
     from training.train import TrainConfig, train_from_data_dir
 
     # "" (the MLproject default) arrives as Path("."): fall back to the data directory's file.
@@ -313,14 +358,28 @@ def train(
         fail(f"{data_dir}: data directory not found")
     if not milestones_path.is_file():
         fail(f"{milestones_path}: milestone file not found (pass --milestones, or run `pql discover` first)")
+    schedule: dict = {"every_days": every_days, "count": count}
+    if cutoffs is not None and cutoffs.strip():  # "" is the MLproject default: the file's schedule
+        if every_days is not None or count is not None:
+            fail("--cutoffs lists the dates itself; leave out --every-days and --count")
+        try:
+            schedule = {"dates": _parse_cutoff_dates(cutoffs)}
+        except ValueError as e:
+            fail(f"--cutoffs: {e}")
     config = TrainConfig(calibration=calibration, monotone=monotone, top_k=top_k, min_converters=min_converters,
                          baselines=baselines, register=register, progress=not quiet)
-    try:
-        result = train_from_data_dir(data_dir, milestones_path, tracking_uri=tracking_uri, config=config)
-    except ValueError as e:  # TrainingDataError, SpecError, ContractError: bad input, nothing registered
-        fail(str(e))
-    except OSError as e:
-        fail(f"{data_dir}: {e}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        try:
+            result = train_from_data_dir(data_dir, milestones_path, tracking_uri=tracking_uri, config=config,
+                                         cutoffs=schedule)
+        except ValueError as e:  # TrainingDataError, SpecError, ContractError: bad input, nothing registered
+            _echo_warnings(caught)
+            fail(str(e))
+        except OSError as e:
+            _echo_warnings(caught)
+            fail(f"{data_dir}: {e}")
+    _echo_warnings(caught)
     m = result.model_metrics
     typer.echo(f"model: ROC AUC {m['roc_auc']:.3f}, PR AUC {m['pr_auc']:.3f}, ECE {m['ece']:.3f}, "
                f"top-decile lift {m['top_decile_lift']:.2f}")

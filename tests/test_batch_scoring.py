@@ -166,11 +166,11 @@ def test_as_of_parsing():
 
 
 def test_same_answers_as_the_service(run, registry, tmp_path, monkeypatch):
-    """Each batch row equals what POST /score returns for the same account, events and cutoff."""
-    from starlette.testclient import TestClient
-
+    """Each batch row equals what the service's /score returns for the same account, events
+    and cutoff (``PQLScorer.score`` called directly: a second ``to_asgi()`` app in one process
+    would register BentoML's Prometheus metrics twice)."""
     from serving.model import download_bundle
-    from serving.service import PQLScorer
+    from serving.service import AccountIn, PQLScorer
 
     monkeypatch.setenv("PQL_API_TOKEN", "tok")
     monkeypatch.setenv("PQL_WRITE_KEY", "wk")
@@ -182,16 +182,15 @@ def test_same_answers_as_the_service(run, registry, tmp_path, monkeypatch):
     for acc in ["a1", "a2", "a3", "a4", "a5"]:
         mine = ev[(ev["account_id"] == acc) & (ev["timestamp"] < T)]
         industry, employees, _ = ACCOUNTS[acc]
-        accounts.append({"account_id": acc, "as_of": T.isoformat() + "Z",
-                         "fit": {"industry": industry, "employees": employees},
-                         "events": [{"user_id": r.user_id, "event": r.event,
-                                     "timestamp": r.timestamp.isoformat() + "Z"}
-                                    for r in mine.itertuples()]})
-    with TestClient(PQLScorer.to_asgi()) as client:
-        r = client.post("/score", json={"accounts": accounts}, headers={"Authorization": "Bearer tok"})
-    assert r.status_code == 200, r.text
+        accounts.append(AccountIn.model_validate(
+            {"account_id": acc, "as_of": T.isoformat() + "Z",
+             "fit": {"industry": industry, "employees": employees},
+             "events": [{"user_id": r.user_id, "event": r.event, "timestamp": r.timestamp.isoformat() + "Z"}
+                        for r in mine.itertuples()]}))
+    answers = PQLScorer().score(accounts)
     batch = run.scores.set_index("account_id")
-    for online in r.json():
+    assert [a["account_id"] for a in answers] == ["a1", "a2", "a3", "a4", "a5"]
+    for online in answers:
         row = batch.loc[online["account_id"]]
         assert online["probability"] == pytest.approx(row["probability"], abs=5e-7)
         assert online["score"] == row["score"] and online["tier"] == row["tier"]
@@ -330,6 +329,18 @@ def test_cli_score_explain_feedback_report(world, registry, tmp_path):
     assert r.exit_code == 2 and "--as-of" in r.output
     r = runner.invoke(app, ["score", str(world), "--model", "models:/pql-account-scorer@nobody", *uri])
     assert r.exit_code == 2 and "not found" in r.output
+    from mlflow import MlflowClient
+
+    MlflowClient(registry["tracking_uri"]).set_registered_model_alias(
+        "pql-account-scorer", "challenger", registry["version"])
+    r = runner.invoke(app, ["score", str(world), "--model", "models:/pql-account-scorer@challenger",
+                            "--no-log-mlflow", "--out", str(tmp_path / "c.parquet"), *uri])
+    assert r.exit_code == 0, r.output
+    assert "MLflow" not in r.output
+    challenger = pd.read_parquet(tmp_path / "c.parquet")
+    assert (challenger["model_version"] == f"pql-account-scorer/{registry['version']}").all()
+    assert str(challenger["scored_at"].dtype).startswith("datetime64")
+    assert set(challenger["account_id"]) == {"a1", "a2", "a3", "a4", "a5", "late"}
 
     store_url = f"sqlite:///{tmp_path / 'events.db'}"
     store = EventStore(store_url)

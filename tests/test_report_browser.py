@@ -32,7 +32,8 @@ def test_discovery_report_renders_sections_and_charts(tmp_path):
     d = discover(make_world(600, seed=5))
     paths = write_discovery(d, tmp_path / "out")
     dom = _chromium(["--dump-dom", paths["report"].resolve().as_uri()], tmp_path)
-    for section in ("summary", "recommended", "heatmaps", "sequences", "activity-trap", "milestone-file"):
+    for section in ("summary", "recommended", "heatmaps", "sequences", "activity-trap", "warning-signs",
+                    "candidates", "milestone-file"):
         assert f'id="{section}"' in dom
     assert 'data-chart="rates"' in dom and 'data-chart="activity-trap"' in dom
     n_heat = len(re.findall(r'data-chart="heatmap-', dom))

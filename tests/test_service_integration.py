@@ -234,3 +234,28 @@ def test_refuses_a_model_whose_manifest_the_feature_code_does_not_produce(served
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{server.url}/readyz", timeout=2)
 
+
+
+def test_bentoml_build_makes_a_bento_that_references_the_champion(served):
+    """`bentoml build` with [tool.bentoml.build] of pyproject.toml (model from the class scope)."""
+    import yaml
+
+    env = server_env(served["home"])
+    tools = ROOT / ".tools" / "bin"  # BentoML shells out to uv; the repo keeps one here
+    if tools.is_dir():
+        env["PATH"] = f"{tools}{os.pathsep}{env['PATH']}"
+    models = subprocess.run([sys.executable, "-m", "bentoml", "models", "list", "-o", "json"],
+                            env=env, capture_output=True, text=True, timeout=120)
+    tag = next(m["tag"] for m in __import__("json").loads(models.stdout)
+               if m["tag"].startswith("pql-account-scorer:"))
+    env["PQL_BENTO_MODEL"] = tag
+    out = subprocess.run([sys.executable, "-m", "bentoml", "build", str(ROOT)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    bentos = Path(env["BENTOML_HOME"]) / "bentos" / "pql-milestones"
+    (bento_yaml,) = sorted(bentos.glob("*/bento.yaml"), key=lambda p: p.stat().st_mtime)[-1:]
+    info = yaml.safe_load(bento_yaml.read_text())
+    assert info["service"] == "serving.service:PQLScorer"
+    assert [m["tag"] for m in info["services"][0]["models"]] == [tag]
+    assert (bento_yaml.parent / "src" / "serving" / "service.py").is_file()
+    assert (bento_yaml.parent / "src" / "features" / "pipeline.py").is_file()

@@ -25,9 +25,22 @@ Method (issue 5)
    category where one qualifies, at most one rule per event, skipping a candidate whose lift
    conditional on an already chosen milestone (Mantel–Haenszel) falls below
    ``min_conditional_lift``. Raw activity (``settings.activity_events``) and distinct active days
-   are measured and reported, never recommended.
+   are measured and reported, never recommended. Column ``selection`` of the candidates says why
+   each one was or was not recommended (:data:`SELECTION_REASONS`), and the warning about too few
+   milestones blames the data only when no qualifying candidate was left out by this policy.
 6. **Sequences:** ordered pairs and triples of the recommended milestones, each step no earlier
    than the one before and the whole sequence within W days (the pipeline's definition).
+7. **Warning signs:** candidates with lift <= ``warning_lift`` (converters do it far less often,
+   e.g. "unregistered"), significant also within team-size strata, are flagged
+   (``warning_sign``, ``direction``) and reported, never recommended: a milestone marks value
+   realised, and the pipeline's milestone features, the points baseline and the category counts
+   all assume that.
+
+Property values in ``where:`` keep their JSON type (``on_time: true``, ``assessment_number: 4``)
+when the value's JSON text is exactly what the data hold. The feature pipeline (and
+:func:`reach_times`) compare ``where`` values as JSON *text* — ``json.dumps(value)`` against the
+stored value with string quotes stripped — so ``4`` and ``'4'``, ``true`` and ``'true'`` select the
+same events; the typed form only reads better.
 """
 
 from __future__ import annotations
@@ -80,6 +93,8 @@ SELECTION_REASONS = {
     "recommended": "recommended",
     "one_rule_per_event": "qualified, but discovery keeps one rule per event (another rule of this event "
                           "represents it)",
+    "event_best_rule_not_eligible": "qualified, but the event's most informative rule (highest phi) does not, "
+                                    "so the event does not compete (one lucky variant cannot carry an event in)",
     "redundant": "qualified, but adds little beside an already chosen milestone",
     "list_full": "qualified, but the list was full",
     "warning_sign": "warning sign: converters do it far less often (never recommended as a milestone)",
@@ -1003,10 +1018,11 @@ def _check_grid(min_counts, windows, min_users) -> tuple[tuple[int, ...], tuple[
     def ints(name, values, low, high):
         values = tuple(values)
         if not values:
-            raise DiscoveryError(f"{name}: give at least one value")
+            raise DiscoveryError(f"{name} (--{name.replace('_', '-')}): give at least one value")
         for v in values:
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not low <= v <= high:
-                raise DiscoveryError(f"{name}: {v!r} is not a whole number from {low} to {high}")
+                raise DiscoveryError(f"{name} (--{name.replace('_', '-')}): {v!r} is not a whole number "
+                                     f"from {low} to {high}")
         return tuple(sorted(set(int(v) for v in values)))
 
     counts = ints("min_counts", min_counts, 1, MAX_COUNT_LEVEL)
@@ -1030,6 +1046,9 @@ def _selection_reasons(cand: pd.DataFrame, *, alpha: float, min_lift: float, min
     reason[cand["is_activity"]] = "raw_activity"
     elig = cand["eligible"]
     reason[elig] = "one_rule_per_event"
+    # The event's representative (its highest-phi rule) did not qualify: the event does not compete.
+    competing = set(cand.loc[cand["representative"] & elig, "event"])
+    reason[elig & ~cand["event"].isin(competing)] = "event_best_rule_not_eligible"
     reason[elig & cand["representative"] & cand["redundant_with"].notna()] = "redundant"
     reason[elig & cand["representative"] & cand["redundant_with"].isna()] = "list_full"
     reason[cand["recommended"]] = "recommended"
@@ -1053,6 +1072,9 @@ def _selection_note(cand: pd.DataFrame, n_rec: int, min_milestones: int, max_mil
     parts = []
     if reasons.get("one_rule_per_event", 0):
         parts.append(f"{reasons['one_rule_per_event']} collapsed because discovery keeps one rule per event")
+    if reasons.get("event_best_rule_not_eligible", 0):
+        parts.append(f"{reasons['event_best_rule_not_eligible']} left out because their event's most informative "
+                     "rule does not qualify")
     if reasons.get("redundant", 0):
         parts.append(f"{reasons['redundant']} redundant beside a chosen milestone")
     text = (f"{n_rec} milestones recommended (wanted {min_milestones}-{max_milestones}) although "
@@ -1274,6 +1296,7 @@ def discover(dataset, *, horizon_days: int = 30, min_counts: Sequence[int] = (1,
     selection = {"qualified": len(eligible), "qualified_events": int(eligible["event"].nunique()),
                  "recommended": n_rec,
                  "one_rule_per_event": int(lost.get("one_rule_per_event", 0)),
+                 "event_best_rule_not_eligible": int(lost.get("event_best_rule_not_eligible", 0)),
                  "redundant": int(lost.get("redundant", 0)), "list_full": int(lost.get("list_full", 0))}
     warn = cand[cand["warning_sign"]]
     summary = dict(counts, S=S, F=F, candidates_evaluated=n_evaluated, candidates_tested=len(cand),

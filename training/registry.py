@@ -161,8 +161,17 @@ def log_and_register(result, *, milestones_path: Path | None, data_source: str, 
         for name, row in result.metrics.iterrows():
             mlflow.log_metrics({f"{name}.{k}": float(v) for k, v in row.items() if np.isfinite(v)})
         mlflow.log_metrics({k: float(v) for k, v in result.model_metrics.items() if np.isfinite(v)})
+        schedule = result.spec.settings.cutoffs.model_dump(mode="json", exclude_none=True)
+        all_cutoffs = sorted(pd.to_datetime(result.frame["cutoff"]).unique())
+        schedule_text = json.dumps(schedule)
+        if len(schedule_text) > 6000:  # MLflow's limit for a parameter value (long explicit date lists)
+            schedule_text = schedule_text[:5990] + " ..."
+        mlflow.log_params({"cutoff_schedule": schedule_text, "n_cutoffs": len(all_cutoffs),
+                           "first_cutoff": str(pd.Timestamp(all_cutoffs[0]).date()),
+                           "last_cutoff": str(pd.Timestamp(all_cutoffs[-1]).date())})
         for part in result.split_summary.itertuples():
-            mlflow.log_metrics({f"split.{part.part}.rows": part.rows, f"split.{part.part}.converters": part.converters})
+            key = part.part.split(" ")[0]  # "gap (unused)" -> "gap": MLflow names allow no parentheses
+            mlflow.log_metrics({f"split.{key}.rows": part.rows, f"split.{key}.converters": part.converters})
 
         dataset = mlflow.data.from_pandas(_loggable(result.frame), source=data_source, targets=LABEL_COLUMN,
                                           name="snapshots", digest=result.dataset_digest)

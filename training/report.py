@@ -258,8 +258,21 @@ def _activity_rows(disc) -> pd.DataFrame:
     return rows.sort_values("lift", ascending=False)
 
 
+def _warning_sign_rows(disc, top: int = 15) -> pd.DataFrame:
+    """The clearest warning sign of each event (and property value): most negative phi first."""
+    cand = disc.candidates
+    warn = cand[cand["warning_sign"]]
+    if warn.empty:
+        return warn
+    keys = [warn["event"], warn["property"].fillna(""), warn["value"].fillna("")]
+    best = warn.sort_values(["phi", "lift"]).groupby(keys, sort=False).head(1)
+    return best.sort_values("phi").head(top)
+
+
 def render_discovery_report(disc) -> str:
     """The discovery report as one self-contained HTML page."""
+    from training.discover import SELECTION_REASONS
+
     cand = disc.candidates
     rec = cand[cand["recommended"]].sort_values("rank")
     seq = disc.sequences
@@ -271,12 +284,17 @@ def render_discovery_report(disc) -> str:
         "activity": lift_bars_svg(act_rows) if len(act_rows) else "",
     }
     by_cat = rec.groupby("category").size().to_dict() if len(rec) else {}
-    top = cand[~cand["recommended"]].head(40)
+    top = cand[~cand["recommended"] & ~cand["warning_sign"]].head(40)
+    warn_rows = _warning_sign_rows(disc)
     return _env().get_template("discovery_report.html.j2").render(
         title="Milestone discovery", generated=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         summary=disc.summary, warnings=disc.warnings, recommended=rec.to_dict("records"), by_cat=by_cat,
         sequences=seq_show.to_dict("records") if len(seq_show) else [], activity=act_rows.to_dict("records"),
         others=top.to_dict("records"), charts=charts, spec_yaml=disc.spec.to_yaml(),
+        warning_signs=warn_rows.to_dict("records"), reasons=SELECTION_REASONS,
+        selection=disc.summary.get("selection", {}), start_label=disc.summary.get("start_label", "the account's start"),
+        suggestions=disc.summary.get("raw_activity_suggestions", []),
+        activity_events=disc.spec.settings.activity_events,
         n_seq_beating=int(seq["beats_members"].sum()) if len(seq) else 0)
 
 

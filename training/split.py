@@ -4,6 +4,9 @@ Three parts, oldest to newest::
 
     train cutoffs | gap >= horizon | calibration cutoffs | evaluation cutoffs (newest)
 
+Cutoffs that fall into the gap are used by no part; :meth:`TimeSplit.summary` shows them as
+the part ``gap (unused)`` so that nobody wonders where those snapshots went.
+
 Why a gap: a training row at cutoff T is labelled by conversions in (T, T + horizon]. A
 validation row of the same account at T' < T + horizon would see, as *features*, behaviour
 from inside that label window — the model would be judged on a future it was partly fit on.
@@ -23,6 +26,12 @@ import numpy as np
 import pandas as pd
 
 
+#: Name of the summary row of cutoffs dropped between the train and calibration parts.
+GAP_PART = "gap (unused)"
+#: The parts a model is fit, calibrated or judged on (each needs converters and non-converters).
+USED_PARTS = ("train", "calibration", "evaluation")
+
+
 class SplitError(ValueError):
     """The snapshots cannot be split by time as asked; the message says what data is needed."""
 
@@ -38,16 +47,24 @@ class TimeSplit:
     calibration_cutoffs: list[pd.Timestamp]
     evaluation_cutoffs: list[pd.Timestamp]
     dropped_cutoffs: list[pd.Timestamp]
+    #: rows whose cutoff falls into the purge gap (used by no part)
+    gap: np.ndarray | None = None
 
     def summary(self, labels) -> pd.DataFrame:
-        """Rows, converters and cutoff range of each part (a table to print and log)."""
+        """Rows, converters and cutoff range of each part (a table to print and log).
+
+        Parts in time order: ``train``, ``gap (unused)`` (only when cutoffs fell into the
+        purge gap), ``calibration``, ``evaluation``.
+        """
         y = np.asarray(labels)
+        parts = [("train", self.train, self.train_cutoffs)]
+        if self.dropped_cutoffs:
+            gap = self.gap if self.gap is not None else ~(self.train | self.calibration | self.evaluation)
+            parts.append((GAP_PART, gap, self.dropped_cutoffs))
+        parts += [("calibration", self.calibration, self.calibration_cutoffs),
+                  ("evaluation", self.evaluation, self.evaluation_cutoffs)]
         rows = []
-        for part, mask, cutoffs in (
-            ("train", self.train, self.train_cutoffs),
-            ("calibration", self.calibration, self.calibration_cutoffs),
-            ("evaluation", self.evaluation, self.evaluation_cutoffs),
-        ):
+        for part, mask, cutoffs in parts:
             n = int(mask.sum())
             pos = int(y[mask].sum())
             rows.append({
@@ -117,5 +134,52 @@ def time_split(cutoff_column, horizon_days: int, *, holdout_fraction: float = 0.
     return TimeSplit(
         train=mask(train_cutoffs), calibration=mask(calib_cutoffs), evaluation=mask(eval_cutoffs),
         train_cutoffs=train_cutoffs, calibration_cutoffs=calib_cutoffs, evaluation_cutoffs=eval_cutoffs,
-        dropped_cutoffs=dropped,
+        dropped_cutoffs=dropped, gap=mask(dropped),
     )
+
+
+def training_cutoffs(spec, event_times, conversion_times=None) -> list[pd.Timestamp]:
+    """The cutoffs to train on: the milestone file's schedule, where labels can be observed.
+
+    Explicit ``settings.cutoffs.dates`` (or an explicit ``end``) are used as written. Otherwise
+    the schedule ends one horizon before the newest event *or the newest conversion, whichever
+    is earlier*: a snapshot's label needs the conversions of its whole window
+    (T, T + horizon], and past the newest recorded conversion nobody can tell "did not convert"
+    from "not recorded yet" (a conversions export older than the events, a cohort that ended).
+    On data where conversions keep coming this is the plain schedule.
+
+    Parameters
+    ----------
+    spec : MilestoneSpec
+    event_times : array-like of datetime
+        Timestamps of the events (their span bounds the schedule).
+    conversion_times : array-like of datetime, optional
+        ``converted_at`` of the conversions.
+
+    Returns
+    -------
+    list of pandas.Timestamp
+        Sorted cutoffs.
+
+    Examples
+    --------
+    >>> from features.spec import MilestoneSpec
+    >>> spec = MilestoneSpec.model_validate({"settings": {"horizon_days": 30, "cutoffs": {"count": 3}},
+    ...     "milestones": [{"name": "a", "category": "adoption", "label": "a", "event": "a"}]})
+    >>> events = pd.to_datetime(["2024-01-01", "2024-12-31"])
+    >>> [str(c.date()) for c in training_cutoffs(spec, events)]
+    ['2024-11-17', '2024-11-24', '2024-12-01']
+    >>> [str(c.date()) for c in training_cutoffs(spec, events, pd.to_datetime(["2024-10-31"]))]
+    ['2024-09-17', '2024-09-24', '2024-10-01']
+    """
+    schedule = spec.settings.cutoffs
+    times = pd.to_datetime(pd.Series(np.asarray(event_times))).dropna()
+    if times.empty:
+        raise SplitError("no event timestamps: cannot place cutoffs")
+    first, last = times.min(), times.max()
+    if not schedule.dates and schedule.end is None and conversion_times is not None:
+        conv = pd.to_datetime(pd.Series(np.asarray(conversion_times))).dropna()
+        if len(conv):
+            last = min(last, conv.max())
+    return [pd.Timestamp(c) for c in schedule.resolve(first, last, spec.settings.horizon_days)]
+

@@ -27,11 +27,36 @@ from training.baselines import Candidate, RulesPointsModel, candidates, make_log
 from training.metrics import METRIC_COLUMNS, evaluate_predictions
 from training.models import category_levels, fit_lightgbm, make_calibrator, model_matrix
 from training.plots import learned_weights, shap_values
-from training.split import SplitError, TimeSplit, time_split
+from training.split import USED_PARTS, SplitError, TimeSplit, time_split, training_cutoffs
 
 
 class TrainingDataError(ValueError):
     """The data cannot train a scorer; the message says what data is needed."""
+
+
+class EmptySplitPartError(TrainingDataError):
+    """A part of the time split has only converters or only non-converters."""
+
+
+def empty_part_message(part, frame: pd.DataFrame, horizon_days: int) -> str:
+    """Say which part of the split lacks a class, where the converters are, and how to fix it.
+
+    ``part`` is a row of :meth:`TimeSplit.summary`; ``frame`` the snapshot table (cutoff, label).
+    """
+    one = "converters" if part.converters == 0 else "non-converters"
+    why = (f"no account converts within {horizon_days} days (the horizon) after those cutoffs"
+           if part.converters == 0 else "every snapshot there converts")
+    text = (f"the {part.part} part of the time split (cutoffs {part.first_cutoff:%Y-%m-%d}..{part.last_cutoff:%Y-%m-%d}: "
+            f"{part.cutoffs} cutoffs, {part.rows} snapshots) has no {one}: {why}, and every part (train, "
+            f"calibration, evaluation) needs both. ")
+    per_cutoff = frame.groupby("cutoff")[LABEL_COLUMN].agg(["sum", "size"])
+    with_conv = per_cutoff.index[per_cutoff["sum"] > 0]
+    if len(with_conv):
+        text += (f"Snapshots with converters exist at {len(with_conv)} of {len(per_cutoff)} cutoffs, "
+                 f"{with_conv.min():%Y-%m-%d}..{with_conv.max():%Y-%m-%d}. ")
+    return text + ("Use cutoffs within the span where conversions happen (pql train --cutoffs DATE,DATE,... or "
+                   "--every-days/--count; settings.cutoffs in the milestone file), spaced so that each part's "
+                   "label windows reach conversions, or a longer settings.horizon_days.")
 
 
 def _default_lgb_params() -> dict:
@@ -288,12 +313,8 @@ def train(feature_set, spec: MilestoneSpec, *, config: TrainConfig | None = None
     summary = split.summary(y)
     _say(config, "Time split (sizes and converters):", summary)
     for row in summary.itertuples():
-        if row.converters == 0 or row.converters == row.rows:
-            one = "converters" if row.converters == 0 else "non-converters"
-            raise TrainingDataError(
-                f"the {row.part} period ({row.first_cutoff:%Y-%m-%d}..{row.last_cutoff:%Y-%m-%d}, {row.rows} snapshots) "
-                f"has no {one}: every part of the time split needs both. Provide conversions spread over the whole "
-                f"history (the newest cutoffs too) or more accounts")
+        if row.part in USED_PARTS and (row.converters == 0 or row.converters == row.rows):
+            raise EmptySplitPartError(empty_part_message(row, frame, spec.settings.horizon_days))
 
     categories = category_levels(frame, columns)
     X = model_matrix(frame, columns, categories)
@@ -390,8 +411,43 @@ def _progress(config: TrainConfig):
                     transient=False)
 
 
+def with_cutoff_schedule(spec: MilestoneSpec, **changes) -> MilestoneSpec:
+    """A copy of ``spec`` whose ``settings.cutoffs`` has ``changes`` applied (None values ignored).
+
+    ``dates`` replaces the whole schedule; ``every_days`` / ``count`` / ``start`` / ``end``
+    change those fields of the file's schedule.
+
+    Raises
+    ------
+    features.spec.SpecError
+        When a value is invalid (e.g. ``count`` below 1).
+
+    >>> from features.spec import MilestoneSpec
+    >>> spec = MilestoneSpec.model_validate({"milestones": [
+    ...     {"name": "a", "category": "adoption", "label": "a", "event": "a"}]})
+    >>> with_cutoff_schedule(spec, every_days=14, count=None).settings.cutoffs.every_days
+    14
+    """
+    from pydantic import ValidationError
+
+    from features.spec import CutoffSchedule, SpecError
+
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if not changes:
+        return spec
+    current = {} if changes.get("dates") else spec.settings.cutoffs.model_dump(exclude_none=True)
+    current.pop("dates", None)  # a regular schedule asked for replaces the file's explicit dates
+    try:
+        schedule = CutoffSchedule.model_validate(current | changes)
+    except ValidationError as e:
+        bad = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        raise SpecError(f"cutoff schedule: {bad}") from None
+    settings = spec.settings.model_copy(update={"cutoffs": schedule})
+    return spec.model_copy(update={"settings": settings})
+
+
 def train_from_data_dir(data_dir: str | Path, milestones_path: str | Path, *, tracking_uri: str | None = None,
-                        config: TrainConfig | None = None) -> TrainResult:
+                        config: TrainConfig | None = None, cutoffs: dict | None = None) -> TrainResult:
     """Load a data directory, build features, train, log the run to MLflow and register the model.
 
     Parameters
@@ -404,6 +460,9 @@ def train_from_data_dir(data_dir: str | Path, milestones_path: str | Path, *, tr
         MLflow tracking URI; default ``MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db`` in the
         working directory.
     config : TrainConfig
+    cutoffs : dict, optional
+        Overrides of the file's ``settings.cutoffs`` (``dates``, ``every_days``, ``count``,
+        ``start``, ``end``; see :func:`with_cutoff_schedule`). The run logs the schedule used.
 
     Returns
     -------
@@ -418,13 +477,19 @@ def train_from_data_dir(data_dir: str | Path, milestones_path: str | Path, *, tr
     from features.contract import load_dataset
     from features.identity import resolve_accounts
     from features.pipeline import compute_features
+    from training.quiet import known_noise_silenced
 
     config = config or TrainConfig()
-    spec = load_milestones(milestones_path)
+    spec = with_cutoff_schedule(load_milestones(milestones_path), **(cutoffs or {}))
     dataset = load_dataset(Path(data_dir))
     check_dataset(dataset, spec)
     resolution = resolve_accounts(dataset.users, dataset.events, dataset.accounts)
     user_accounts = resolution.user_accounts
+    converted_at = dataset.conversions["converted_at"]
+    try:
+        snapshot_cutoffs = training_cutoffs(spec, dataset.events["timestamp"], converted_at)
+    except SplitError as e:
+        raise TrainingDataError(str(e)) from None
 
     def build(spec_: MilestoneSpec, cutoffs=None):
         return compute_features(dataset, spec_, cutoffs=cutoffs, engine="duckdb", user_accounts=user_accounts,
@@ -433,20 +498,33 @@ def train_from_data_dir(data_dir: str | Path, milestones_path: str | Path, *, tr
     if config.progress:
         from rich.console import Console
 
-        Console(stderr=True).print(f"[bold]building features[/] for {len(dataset.accounts)} accounts ...")
-    feature_set = build(spec)
-    result = train(feature_set, spec, config=config)
-    if config.register:
-        from training.registry import log_and_register
+        Console(stderr=True).print(f"[bold]building features[/] for {len(dataset.accounts)} accounts at "
+                                   f"{len(snapshot_cutoffs)} cutoffs ...")
+    with known_noise_silenced():
+        feature_set = build(spec, snapshot_cutoffs)
+        try:
+            result = train(feature_set, spec, config=config)
+        except EmptySplitPartError as e:
+            conv = pd.to_datetime(converted_at).dropna()
+            raise EmptySplitPartError(
+                f"{e} Conversions in the data: first {conv.min():%Y-%m-%d}, last {conv.max():%Y-%m-%d} "
+                f"(converted_at); a cutoff T has converters only if some fall in (T, T + "
+                f"{spec.settings.horizon_days} days].") from None
+        if config.register:
+            from training.registry import log_and_register
 
-        result.registration = log_and_register(
-            result, milestones_path=Path(milestones_path), data_source=str(Path(data_dir).resolve()),
-            tracking_uri=tracking_uri, rebuild_features=build)
+            result.registration = log_and_register(
+                result, milestones_path=Path(milestones_path), data_source=str(Path(data_dir).resolve()),
+                tracking_uri=tracking_uri, rebuild_features=build)
     return result
 
 
 def check_dataset(dataset, spec: MilestoneSpec) -> None:
-    """Refuse a data directory that cannot train a scorer, before the (slow) feature build."""
+    """Refuse a data directory that cannot train a scorer, before the (slow) feature build.
+
+    Milestones whose events never occur are not refused here (the feature pipeline warns about
+    them once).
+    """
     conversions = dataset.conversions
     if conversions is None or len(conversions) == 0:
         raise TrainingDataError(
@@ -459,9 +537,3 @@ def check_dataset(dataset, spec: MilestoneSpec) -> None:
             "the milestone file does not match the data: none of its events occurs in the events table "
             f"(it expects e.g. {sorted(spec.all_events)[:8]}). Use a milestone file discovered from this data "
             "(pql discover) or events named as the file says")
-    if unused:
-        import warnings
-
-        warnings.warn(f"milestones whose events never occur in the data (always 0): {unused}", stacklevel=2)
-
-
