@@ -12,8 +12,8 @@ import pytest
 
 from train_fixtures import PLANTED, FakeFeatureSet, fake_feature_set, fake_spec
 from training.models import IsotonicCalibrator, PlattCalibrator, calibrator_from_json, monotone_constraints
-from training.split import SplitError, time_split
-from training.train import TrainConfig, TrainingDataError, make_tiers, train
+from training.split import GAP_PART, USED_PARTS, SplitError, time_split, training_cutoffs
+from training.train import TrainConfig, TrainingDataError, make_tiers, train, with_cutoff_schedule
 
 FAST = dict(progress=False, min_converters=20)
 
@@ -34,6 +34,12 @@ def test_split_keeps_a_horizon_gap_and_evaluation_is_newest():
     assert not (s.train & s.calibration).any() and not (s.calibration & s.evaluation).any()
     used = s.train | s.calibration | s.evaluation
     assert set(pd.DatetimeIndex(cutoffs[~used]).unique()) == set(s.dropped_cutoffs)
+    # the summary accounts for every row: the dropped cutoffs are a part of their own, in time order
+    summary = s.summary(np.zeros(len(cutoffs)))
+    assert summary["part"].tolist() == ["train", GAP_PART, "calibration", "evaluation"]
+    gap = summary.set_index("part").loc[GAP_PART]
+    assert gap["cutoffs"] == len(s.dropped_cutoffs) > 0 and gap["rows"] == 3 * len(s.dropped_cutoffs)
+    assert summary["rows"].sum() == len(cutoffs)
 
 
 def test_split_refuses_a_history_shorter_than_the_horizon():
@@ -86,8 +92,38 @@ def test_model_does_not_use_raw_activity_and_keeps_manifest_order(trained):
 def test_split_summary_has_converters_in_every_part(trained):
     _, r = trained
     s = r.split_summary.set_index("part")
-    assert (s["converters"] > 0).all() and (s["rows"] > s["converters"]).all()
-    assert s["rows"].sum() + 0 <= len(r.frame)
+    used = s.loc[list(USED_PARTS)]
+    assert (used["converters"] > 0).all() and (used["rows"] > used["converters"]).all()
+    assert s["rows"].sum() == len(r.frame)  # with the gap row, every snapshot is in the table
+
+
+def test_training_cutoffs_end_where_labels_are_observable():
+    spec = with_cutoff_schedule(fake_spec(horizon_days=30), every_days=7, count=200)
+    events = pd.to_datetime(["2024-01-03", "2024-06-30 18:00"])
+    cuts = training_cutoffs(spec, events)
+    # weekly over the whole span: ends one horizon before the newest event, starts a step after the first
+    assert cuts[-1] == pd.Timestamp("2024-05-31") and cuts[0] >= pd.Timestamp("2024-01-10")
+    assert cuts[0] - pd.Timedelta(days=7) < pd.Timestamp("2024-01-10")
+    assert set(np.diff(cuts)) == {pd.Timedelta(days=7)}
+    # conversions recorded only until April: no cutoff whose label window reaches past them
+    early = training_cutoffs(spec, events, pd.to_datetime(["2024-02-01", "2024-04-15"]))
+    assert early[-1] == pd.Timestamp("2024-03-16") and early[0] == cuts[0]
+    # explicit dates are used as written
+    dated = with_cutoff_schedule(spec, dates=[pd.Timestamp("2024-06-20"), pd.Timestamp("2024-02-01")])
+    assert training_cutoffs(dated, events, pd.to_datetime(["2024-02-01"])) == [pd.Timestamp("2024-02-01"),
+                                                                               pd.Timestamp("2024-06-20")]
+    # a regular schedule asked for replaces the file's dates; bad values are refused
+    assert with_cutoff_schedule(dated, count=5).settings.cutoffs.dates is None
+    with pytest.raises(ValueError, match="count"):
+        with_cutoff_schedule(spec, count=0)
+
+
+def test_default_schedule_spans_the_history_weekly():
+    from features.spec import CutoffSchedule
+
+    cuts = CutoffSchedule().resolve(pd.Timestamp("2025-01-01"), pd.Timestamp("2026-07-01"), 30)
+    assert len(cuts) > 60 and set(np.diff(cuts)) == {pd.Timedelta(days=7)}
+    assert cuts[0] - pd.Timestamp("2025-01-01") < pd.Timedelta(days=14)
 
 
 def test_isotonic_calibrator_keeps_order_and_calibrates():
@@ -139,8 +175,14 @@ def test_bad_input_says_what_data_is_needed():
     with pytest.raises(TrainingDataError, match="floor of 50"):
         train(_with(fs, label=few), spec, config=TrainConfig(progress=False))
     newest = fs.frame["cutoff"] >= fs.frame["cutoff"].max() - pd.Timedelta(days=14)
-    with pytest.raises(TrainingDataError, match="evaluation period .* no converters"):
+    with pytest.raises(TrainingDataError) as err:
         train(_with(fs, label=fs.frame["label"].where(~newest, 0)), spec, config=TrainConfig(**FAST))
+    # names the part, its cutoffs, where the converters are and how to fix it
+    last_with = fs.frame.loc[~newest, "cutoff"].max()
+    assert "evaluation part of the time split" in str(err.value) and "has no converters" in str(err.value)
+    assert f"..{fs.frame['cutoff'].max():%Y-%m-%d}" in str(err.value)
+    assert f"exist at 8 of 10 cutoffs, {fs.frame['cutoff'].min():%Y-%m-%d}..{last_with:%Y-%m-%d}" in str(err.value)
+    assert "--cutoffs" in str(err.value)
     flags = {c: 0.0 for c in fs.frame.columns if c.startswith("ms__") and c.endswith("__reached")}
     with pytest.raises(TrainingDataError, match="does not match the data"):
         train(_with(fs, **flags), spec, config=TrainConfig(**FAST))
