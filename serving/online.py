@@ -205,8 +205,19 @@ class OnlineFeatureQuery:
                     self._con.unregister("_pql_in")
             ts, ep = _literals(cutoff)
             frame = self._con.execute(f"EXECUTE pql_features(ts := {ts}, ep := {ep})").df()
-        out = _finish(frame, self.manifest)
+        out = _finish(frame, self._finishing_manifest(frame))
         return out.drop(columns=[LABEL_COLUMN])
+
+    def _finishing_manifest(self, frame: pd.DataFrame) -> pd.DataFrame:
+        # An integer fit attribute (employees) that some account lacks cannot be int64; it
+        # becomes float64 with NaN, which LightGBM reads as missing like in training.
+        ints = [f"fit__{c}" for c, d in self.fit_dtypes.items()
+                if d.startswith(("int", "uint")) and frame[f"fit__{c}"].isna().any()]
+        if not ints:
+            return self.manifest
+        out = self.manifest.copy()
+        out.loc[out["name"].isin(ints), "dtype"] = "float64"
+        return out
 
     def close(self) -> None:
         """Close the DuckDB connection."""
