@@ -60,7 +60,7 @@ def segment_batches(world: Path, size: int) -> tuple[list[dict], int]:
     events = attach_accounts(ds.events, ua)
     accounts = ds.accounts.set_index("account_id")
     msgs = []
-    for u, a in ua[["user_id", "account_id"]].itertuples(index=False):
+    for u, a in ua[["user_id", "account_id"]].dropna().itertuples(index=False):
         traits = {}
         if a in accounts.index:
             row = accounts.loc[a]

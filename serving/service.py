@@ -269,14 +269,17 @@ class PQLScorer:
             return JSONResponse({"success": False, "field": "body", "error": "body too large"}, 413)
         except (ValueError, OSError) as e:
             return JSONResponse({"success": False, "field": "body", "error": f"not valid JSON: {e}"}, 400)
-        try:
-            rows = parse_request(body, kind, max_events=self.max_events)
-        except IngestError as e:
-            return JSONResponse(e.to_dict(), e.status)
-        # Blocking DB work off the event loop; the response is sent only after COMMIT.
+        # Validation (pandas) and the commit are blocking: both run off the event loop, so
+        # other requests are read and parsed meanwhile. The response is sent only after COMMIT.
         import anyio
 
-        result = await anyio.to_thread.run_sync(self.store.append, rows)
+        def parse_and_store():
+            return self.store.append(parse_request(body, kind, max_events=self.max_events))
+
+        try:
+            result = await anyio.to_thread.run_sync(parse_and_store)
+        except IngestError as e:
+            return JSONResponse(e.to_dict(), e.status)
         return JSONResponse({"success": True, "received": result.received,
                              "stored": result.stored, "duplicates": result.duplicates})
 
