@@ -280,7 +280,12 @@ def _only(condition: ir.BooleanValue, value: ir.Value) -> ir.Value:
 
 
 def _union(parts: list[ir.Table]) -> ir.Table:
-    return ibis.union(*parts) if len(parts) > 1 else parts[0]
+    """UNION ALL with the first part's column types (a table read back from an engine's cache
+    may type a literal differently, e.g. Spark's int32 for an int64 literal)."""
+    if len(parts) == 1:
+        return parts[0]
+    schema = parts[0].schema()
+    return ibis.union(*[p if p.schema() == schema else p.cast(schema) for p in parts])
 
 
 #: Offset of the category keys in the long per-bucket table (milestones use their index).
@@ -774,17 +779,25 @@ class _Materializer:
         self.names: list[str] = []
 
     def __call__(self, t: ir.Table) -> ir.Table:
-        if self.con.name != "duckdb":
-            return t.cache()
-        # Table.cache() and create_table(overwrite=True) emit a DROP that DuckDB 2.0's parser
-        # rejects; unique names and a raw DROP afterwards avoid both.
         name = f"_pql_features_{uuid.uuid4().hex}"
         self.names.append(name)
+        if self.con.name == "pyspark":
+            # Table.cache() would go to the default backend (DuckDB) for memtable-built
+            # expressions; a cached temp view stays in this Spark session and cuts the plan short.
+            view = self.con.create_view(name, t)
+            self.con._session.catalog.cacheTable(name)
+            return view
+        # Table.cache() and create_table(overwrite=True) emit a DROP that DuckDB 2.0's parser
+        # rejects; unique names and a raw DROP afterwards avoid both.
         return self.con.create_table(name, t, temp=True)
 
     def close(self) -> None:
         for name in self.names:
-            self.con.raw_sql(f'DROP TABLE IF EXISTS "{name}"')
+            if self.con.name == "pyspark":
+                self.con._session.catalog.uncacheTable(name)
+                self.con._session.catalog.dropTempView(name)
+            else:
+                self.con.raw_sql(f'DROP TABLE IF EXISTS "{name}"')
         self.names.clear()
 
 

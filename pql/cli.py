@@ -368,8 +368,9 @@ def train(
             fail(f"--cutoffs: {e}")
     config = TrainConfig(calibration=calibration, monotone=monotone, top_k=top_k, min_converters=min_converters,
                          baselines=baselines, register=register, progress=not quiet)
+    # Record (keeping the usual filters, so deprecations stay hidden) and print each warning once
+    # as a plain line; training.quiet already dropped the known-harmless MLflow / SHAP ones.
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("default")
         try:
             result = train_from_data_dir(data_dir, milestones_path, tracking_uri=tracking_uri, config=config,
                                          cutoffs=schedule)

@@ -206,16 +206,69 @@ def test_train_from_a_generated_world_end_to_end(small_world, tmp_path, monkeypa
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     world = tmp_path / "world"
     shutil.copytree(small_world, world)
-    res = CliRunner().invoke(app, ["train", str(world), "--milestones", str(world / "milestones.yaml"),
-                                   "--min-converters", "20", "--quiet"])
+    # a milestone whose event never occurs: warned about once, in plain words
+    ms = world / "milestones.yaml"
+    ms.write_text(ms.read_text().replace("milestones:\n", "milestones:\n- {name: bought_coffee, category: "
+                                         "adoption, label: bought coffee, event: coffee_bought}\n", 1))
+    res = CliRunner().invoke(app, ["train", str(world), "--milestones", str(ms), "--min-converters", "20",
+                                   "--count", "30", "--quiet"])
     assert res.exit_code == 0, res.output
     assert "registered pql-account-scorer v1 as champion" in res.output
+    assert res.output.count("bought_coffee") == 1 and "warning: milestones whose events never occur" in res.output
+    assert "interpreted in multiple ways" not in res.output and "Inferred schema" not in res.output
 
     from mlflow import MlflowClient
 
     mv = MlflowClient(uri).get_model_version_by_alias("pql-account-scorer", "champion")
     files = {Path(f.path).name for f in MlflowClient(uri).list_artifacts(mv.run_id, "scorer")}
     assert files == {"calibrator.json", "feature_manifest.csv", "milestones.yaml", "fit_categories.json", "tiers.json"}
+    params = MlflowClient(uri).get_run(mv.run_id).data.params
+    assert params["n_cutoffs"] == "30" and json.loads(params["cutoff_schedule"])["count"] == 30
+
+
+def test_cli_refuses_bad_cutoff_options_before_any_work(small_world, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from pql.cli import app
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = lambda *extra: CliRunner().invoke(app, ["train", str(small_world), "--quiet", *extra])  # noqa: E731
+    res = run("--cutoffs", "2025-03-01,someday,2025-05-01")
+    assert res.exit_code == 2 and "--cutoffs: 'someday' is not a date" in res.output
+    res = run("--cutoffs", "2025-03-01,2025-04-01")
+    assert res.exit_code == 2 and "at least 3 distinct dates, got 2" in res.output
+    res = run("--cutoffs", "2025-03-01,2025-04-01,2025-05-01", "--count", "20")
+    assert res.exit_code == 2 and "leave out --every-days and --count" in res.output
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_mlproject_train_entry_point_registers_a_version(small_world, tmp_path):
+    """`mlflow run . -e train --env-manager local -P data=...` as a user types it (issue 6)."""
+    import os
+    import subprocess
+    import sys
+
+    from mlflow import MlflowClient
+
+    root = Path(__file__).resolve().parents[1]
+    venv_bin = Path(sys.executable).parent
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # no MLFLOW_* from this process: mlflow.set_experiment in earlier tests exports MLFLOW_EXPERIMENT_ID
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env |= {"PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}", "MLFLOW_TRACKING_URI": uri}
+    # cwd outside the repo: the run's artifacts land in tmp_path/mlruns, not in the working tree
+    proc = subprocess.run([str(venv_bin / "mlflow"), "run", str(root), "-e", "train", "--env-manager", "local",
+                           "-P", f"data={small_world}", "-P", "min_converters=20"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=580)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient(uri)
+    versions = client.search_model_versions("name = 'pql-account-scorer'")
+    assert len(versions) == 1
+    run = client.get_run(versions[0].run_id)
+    assert run.data.tags.get("mlflow.project.entryPoint") == "train"  # logged into the project's own run
+    assert run.data.metrics["model.roc_auc"] > 0.6
 
 
 def test_cli_refuses_a_milestone_file_that_does_not_match_and_registers_nothing(small_world, tmp_path, monkeypatch):
