@@ -23,13 +23,6 @@ import pandas as pd
 
 from serving.model import Scorer
 
-ACCOUNT_WORDING = {
-    "active_users_7d": "{v} active users in the last 7 days",
-    "active_users_30d": "{v} active users in the last 30 days",
-    "share_users_activated": "{pct}% of users activated",
-}
-
-
 @dataclass
 class Groups:
     """Feature columns grouped for explanation."""
@@ -87,6 +80,19 @@ def feature_groups(manifest: pd.DataFrame) -> Groups:
 
 
 # --- wording --------------------------------------------------------------------------------
+#: Account roll-up columns: (singular, plural) of what is counted.
+ACCOUNT_COUNTS = {
+    "active_users_7d": ("active user in the last 7 days", "active users in the last 7 days"),
+    "active_users_30d": ("active user in the last 30 days", "active users in the last 30 days"),
+}
+#: Words written in capitals when an attribute or activity name is turned into words.
+ACRONYMS = {"icp", "arr", "mrr", "acv", "crm", "api", "sso", "id", "url", "us", "uk", "eu", "b2b", "saas"}
+#: Activity families whose name is not a plural noun.
+ACTIVITY_NOUNS = {"all_events": ("product event", "product events")}
+#: Derived (not a model input) per-milestone value: the ``within_days`` window is over for sure.
+WINDOW_OVER = "window_over"
+
+
 def _num(v) -> float | None:
     try:
         f = float(v)
@@ -104,12 +110,50 @@ def _ago(days) -> str:
 
 
 def _int(v) -> str:
+    """A number as people write it: ``3``, ``2.5``, ``12,000``; ``0`` when missing."""
     f = _num(v)
-    return "0" if f is None else f"{int(round(f))}" if abs(f - round(f)) < 1e-9 else f"{f:.1f}"
+    if f is None:
+        return "0"
+    return f"{int(round(f)):,}" if abs(f - round(f)) < 1e-9 else f"{f:,.1f}"
+
+
+def _counted(n, singular: str, plural: str) -> str:
+    """``"1 user"``, ``"3 users"``, ``"no users"``."""
+    f = _num(n) or 0.0
+    return f"no {plural}" if f == 0 else f"{_int(f)} {singular if f == 1 else plural}"
+
+
+def _words(name: str) -> str:
+    """``"icp_segment"`` -> ``"ICP segment"``: a column name in words."""
+    return " ".join(w.upper() if w in ACRONYMS else w for w in name.split("_"))
+
+
+def _singular(noun: str) -> str:
+    for end in ("ches", "shes", "sses", "xes"):
+        if noun.endswith(end):
+            return noun[:-2]
+    return noun[:-1] if noun.endswith("s") and not noun.endswith("ss") else noun
+
+
+def _missing(v) -> bool:
+    return v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and math.isnan(v))
 
 
 class Wording:
-    """Words one group for one account, from its feature values and the milestone file."""
+    """Words one group for one account, from its feature values and the milestone file.
+
+    Every method takes ``v``, the account's values by column name (only the group's own
+    columns are needed), and returns one sentence without a direction: whether it pushed the
+    score up or down is the sign of the group's contribution, shown beside it.
+
+    Milestone labels come in two styles, and both read naturally:
+
+    * verb phrases written by people (``"invited teammates"``): ``"3 users invited teammates;
+      the last 2 days ago"``;
+    * discovery's passive labels that start with the event (``"project created at least 3 times
+      by at least 2 users"``): the rule's "by at least 2 users" gives way to the account's own
+      number, ``"project created at least 3 times by 4 users; the last today"``.
+    """
 
     def __init__(self, spec):
         self.spec = spec
@@ -117,58 +161,105 @@ class Wording:
         self.sequences = {s.name: s for s in spec.sequences}
 
     def milestone(self, name: str, v: dict) -> str:
+        """A reached milestone with who and when; an unmet one with what is still missing."""
         m = self.milestones.get(name)
         label = m.label if m else name.replace("_", " ")
         reached = _num(v.get(f"ms__{name}__reached"))
         count = _num(v.get(f"ms__{name}__count")) or 0.0
         users = _num(v.get(f"ms__{name}__users"))
-        last = v.get(f"ms__{name}__days_since_last")
         if reached is None:
             reached = 1.0 if count > 0 else 0.0
         if reached >= 0.5:
-            if users is not None and users >= 2:
-                text = f"{_int(users)} users {label}"
-                when = _ago(last)
-                return f"{text}; the last {when}" if when else text
-            who = "1 user " if users is not None else ""
-            times = f" {_int(count)} times" if count >= 2 else ""
-            when = _ago(last)
-            return f"{who}{label}{times}" + (f", the last {when}" if count >= 2 and when
-                                             else f" {when}" if when else "")
-        need = m.min_count if m else 1
-        if count > 0:
-            return f"not yet reached: {label} ({_int(count)} of {need} needed)"
-        return f"not yet reached: {label}"
+            return self._reached(m, label, users, count, v.get(f"ms__{name}__days_since_last"))
+        progress = self._progress(m, count, users, _num(v.get(f"ms__{name}__{WINDOW_OVER}")))
+        return f"not yet: {label}" + (f" ({progress})" if progress else "")
+
+    @staticmethod
+    def _reached(m, label: str, users: float | None, count: float, last) -> str:
+        who = _counted(users, "user", "users") if users is not None and users >= 1 else ""
+        passive = m is not None and (
+            " by at least " in label
+            or any(label.lower().startswith(e.replace("_", " ").lower()) for e in m.events))
+        when = _ago(last)
+        # "the last" only makes sense when there was more than one event.
+        when = (f"; the last {when}" if count >= 2 else f", {when}" if passive else f" {when}"
+                ) if when else ""
+        if not who:
+            return f"{label}{when}"
+        if passive:
+            rule = f" by at least {m.min_users} users"
+            base = label[:-len(rule)] if m.min_users > 1 and label.endswith(rule) else label
+            return f"{base} by {who}{when}"
+        return f"{who} {label}{when}"
+
+    @staticmethod
+    def _progress(m, count: float, users: float | None, window_over: float | None) -> str:
+        """What an unmet milestone still lacks, in the rule's own terms ('' if nothing to say)."""
+        if m is None:
+            return ""
+        if m.within_days and window_over is not None and window_over >= 0.5:
+            return f"outside the first {m.within_days} days"
+        if count <= 0:  # nothing so far: "not yet" says it all
+            return ""
+        parts = []
+        if m.min_count > 1 and count < m.min_count:
+            parts.append(f"{_int(count)} of {m.min_count} times")
+        if m.min_users > 1 and (users or 0.0) < m.min_users:
+            parts.append(f"{_int(users)} of {m.min_users} users")
+        return ", ".join(parts) + " so far" if parts else ""
 
     def sequence(self, name: str, v: dict) -> str:
+        """A completed sequence with when; otherwise "not yet"."""
         s = self.sequences.get(name)
         words = s.wording if s else name.replace("_", " ")
         done = _num(v.get(f"seq__{name}__completed"))
         if done is not None and done >= 0.5:
             when = _ago(v.get(f"seq__{name}__days_since"))
-            return f"{words}" + (f" ({when})" if when else "")
+            return f"{words}" + (f" (completed {when})" if when else "")
         return f"not yet: {words}"
 
     def fit(self, attr: str, v: dict) -> str:
+        """``"2 employees"`` for a count-like number, ``"industry: Retail"`` otherwise."""
         val = v.get(f"fit__{attr}")
-        shown = "unknown" if val is None or (isinstance(val, float) and math.isnan(val)) else (
-            _int(val) if _num(val) is not None else str(val))
-        return f"{attr.replace('_', ' ')} is {shown}"
+        words = _words(attr)
+        if _missing(val):
+            return f"{words}: unknown"
+        f = _num(val) if not isinstance(val, str) else None
+        if f is None:
+            return f"{words}: {val}"
+        # A plural noun ("employees", "seats") is a count: say "2 employees".
+        if attr.endswith("s") and not attr.endswith("ss") and "_" not in attr:
+            return _counted(f, _singular(words), words)
+        return f"{words}: {_int(f)}"
 
     def account(self, col: str, v: dict) -> str:
-        val = v.get(f"acct__{col}")
-        if col in ACCOUNT_WORDING:
-            f = _num(val) or 0.0
-            return ACCOUNT_WORDING[col].format(v=_int(f), pct=int(round(100 * f)))
+        """Account roll-ups: active users, share activated, users per milestone category."""
+        val = _num(v.get(f"acct__{col}")) or 0.0
+        if col in ACCOUNT_COUNTS:
+            return _counted(val, *ACCOUNT_COUNTS[col])
+        if col == "share_users_activated":
+            return f"{int(round(100 * val))}% of users activated"
         if col.startswith("users_"):
-            n = _int(val)
-            return f"{n} {'user' if n == '1' else 'users'} reached {col[len('users_'):]} milestones"
-        return f"{col.replace('_', ' ')}: {_int(val)}"
+            cat = col[len("users_"):]
+            article = "an" if cat[:1] in "aeiou" else "a"
+            if val == 1:
+                return f"1 user reached {article} {cat} milestone"
+            return f"{_counted(val, 'user', 'users')} reached {cat} milestones"
+        return f"{_words(col)}: {_int(val)}"
 
     def demand_gen(self, event: str, v: dict) -> str:
+        """Recent marketing touches (decayed count) of one marketing event."""
         val = _num(v.get(f"dg__{event}__decayed")) or 0.0
-        return (f"marketing: {event.replace('_', ' ')} (recent weight {val:.1f})" if val
-                else f"no recent marketing {event.replace('_', ' ')}")
+        words = event.replace("_", " ")
+        # Below 0.05 the weight prints as 0.0: say there was nothing recent.
+        return (f"marketing: {words} (recent weight {val:.1f})" if val >= 0.05
+                else f"no recent marketing: {words}")
+
+    def activity(self, family: str, v: dict) -> str:
+        """Raw event counts (baseline models): ``"12 logins"``."""
+        plural = _words(family)
+        singular, plural = ACTIVITY_NOUNS.get(family, (_singular(plural), plural))
+        return _counted(v.get(f"raw__{family}"), singular, plural)
 
     def word(self, kind: str, subject: str, v: dict) -> str:
         """Plain-language text for one group of an account with feature values ``v``."""
@@ -182,11 +273,55 @@ class Wording:
             return self.account(subject, v)
         if kind == "demand_gen":
             return self.demand_gen(subject, v)
-        col = f"raw__{subject}" if kind == "activity" else subject
-        return f"{subject.replace('_', ' ')}: {_int(v.get(col))}"
+        if kind == "activity":
+            return self.activity(subject, v)
+        return f"{subject.replace('_', ' ')}: {_int(v.get(subject))}"
+
+
+def window_over(frame: pd.DataFrame, spec) -> dict[str, np.ndarray]:
+    """For each milestone with ``within_days``: is its window over for sure, per row?
+
+    The feature row has no account start, but every ``days_since`` value is measured from an
+    event the account had, so the largest of them is a lower bound of the account's age. When
+    that bound exceeds ``within_days`` the milestone can no longer be reached, and the wording
+    says so instead of counting progress. Returned under ``ms__<m>__window_over`` so it joins
+    the milestone's group (a derived value for wording, never a model input).
+    """
+    windowed = [m for m in spec.milestones if m.within_days]
+    if not windowed or frame.empty:
+        return {}
+    days = [c for c in frame.columns if (c.startswith("ms__") and "__days_since" in c)
+            or (c.startswith("seq__") and c.endswith("__days_since"))]
+    if not days:
+        return {}
+    values = frame[days].to_numpy(dtype=np.float64, na_value=np.nan)
+    seen = ~np.isnan(values).all(axis=1)
+    age = np.where(seen, np.nanmax(np.where(np.isnan(values), -np.inf, values), axis=1), np.nan)
+    return {f"ms__{m.name}__{WINDOW_OVER}": (age > m.within_days).astype(np.float64) for m in windowed}
 
 
 # --- explanations ---------------------------------------------------------------------------
+#: How a one-line list of reasons (the CRM's ``top_reasons``) shows each reason's direction.
+MARK = {"up": "(+) ", "down": "(-) ", "none": ""}
+
+
+def direction(contribution: float) -> str:
+    """``up`` / ``down`` / ``none``: the sign of a contribution, and nothing else.
+
+    A reason is "up" only because it raised the model's output: an unmet milestone whose
+    partial progress raised it is up, a reached one that lowered it is down.
+    """
+    return "up" if contribution > 0 else "down" if contribution < 0 else "none"
+
+
+def reason_line(reason: dict) -> str:
+    """One reason of an :class:`Explanation` as ``pql score`` writes it into ``top_reasons``.
+
+    >>> reason_line({"text": "not yet: teammate invited", "contribution": -0.4})
+    '(-) not yet: teammate invited'
+    """
+    return MARK[direction(reason["contribution"])] + reason["text"]
+
 @dataclass
 class Explanation:
     """Score, tier and reasons of one account."""
@@ -338,7 +473,9 @@ class Explainer:
         reached = self.reached_matrix(X)
         gain = (self.next_best(X, prob, reached) if with_next_best and n_m
                 else np.full((len(ok), n_m), np.nan))
-        return Scored(ok, X, raw, prob, score, self.scorer.tier(score), gc, base, gain, reached, bad)
+        # Tiers on the quantity training cut on, not the integer score (serving.model.Scorer.tier).
+        tier = self.scorer.tier(self.scorer.tier_score(prob))
+        return Scored(ok, X, raw, prob, score, tier, gc, base, gain, reached, bad)
 
     def rank_reasons(self, gc: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(up, down) group indices, (n, k) each, strongest first; -1 where there is none.
@@ -374,6 +511,16 @@ class Explainer:
         g = np.where(np.isnan(gain), -np.inf, gain)
         order = np.argsort(-g, axis=1, kind="stable")[:, :k]
         return np.where(np.take_along_axis(g, order, axis=1) > 0, order, -1)
+
+    def with_wording_values(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """``frame`` plus the derived values wording reads (:func:`window_over`); a shallow copy."""
+        derived = window_over(frame, self.spec)
+        if not derived:
+            return frame
+        out = frame.copy(deep=False)
+        for col, values in derived.items():
+            out[col] = values
+        return out
 
     # wording many rows at once -----------------------------------------------------------------
     def word_rows(self, frame: pd.DataFrame, rows: np.ndarray, group: int) -> np.ndarray:
@@ -416,20 +563,26 @@ class Explainer:
         -------
         (DataFrame, {row position: reason it cannot be scored})
             Columns ``account_id, probability, score, tier, top_reasons`` (the ``reasons``
-            strongest, worded, joined by ``sep``), ``next_best_milestone`` (label of the best
+            strongest by size, each as :func:`reason_line` words it, ``"(+) "`` or ``"(-) "``
+            before its text, joined by ``sep``), ``next_best_milestone`` (label of the best
             one, empty if none would raise the score), ``milestones_reached`` (names joined by
             ";"), ``raw_score``.
         """
+        frame = self.with_wording_values(frame)
         s = self.score_rows(frame, with_next_best=self.next_best_k > 0)
         n = len(s.rows)
         ids = (frame["account_id"].astype(str).to_numpy()[s.rows] if "account_id" in frame
                else s.rows.astype(str))
-        texts = self._word_matrix(frame, s.rows, self.strongest(s.group_contrib, reasons))
+        chosen = self.strongest(s.group_contrib, reasons)
+        texts = self._word_matrix(frame, s.rows, chosen)
+        # Strongest by size mixes both directions: each carries its sign (reason_line).
+        up = np.take_along_axis(s.group_contrib, np.maximum(chosen, 0), axis=1) > 0
         top = pd.Series([""] * n, dtype=object)
         for j in range(texts.shape[1]):
             col = pd.Series(texts[:, j], dtype=object)
             has = col.notna().to_numpy()
-            top[has] = np.where(top[has] == "", col[has], top[has] + sep + col[has])
+            line = np.where(up[has, j], MARK["up"], MARK["down"]) + col[has].to_numpy(dtype=object)
+            top[has] = np.where(top[has] == "", line, top[has] + sep + line)
         labels = np.array([m.label for m in self._milestones] + [""], dtype=object)
         best = self.rank_next_best(s.gain, 1)[:, 0] if self._milestones else np.full(n, -1)
         reached_names = pd.Series([""] * n, dtype=object)
@@ -455,6 +608,7 @@ class Explainer:
             Rows that cannot be scored (e.g. a fit category the model never saw) are left out
             of the first list and named in the second, never silently dropped.
         """
+        frame = self.with_wording_values(frame)
         s = self.score_rows(frame, with_next_best=self.next_best_k > 0)
         ok = s.rows
         if not len(ok):
@@ -492,7 +646,7 @@ class Explainer:
     def _reason(self, g: int, value: float, v: dict) -> dict:
         kind, subject = self.groups.kinds[g], self.groups.subjects[g]
         return {"group": self.groups.keys[g], "kind": kind, "subject": subject,
-                "contribution": float(value), "direction": "up" if value > 0 else "down",
+                "contribution": float(value), "direction": direction(value),
                 "text": self.wording.word(kind, subject, v)}
 
     def _reached(self, row: np.ndarray, v: dict, cutoff) -> list[dict]:
@@ -521,7 +675,7 @@ body{{font-family:system-ui,sans-serif;margin:2em;max-width:60em;color:#222}}
 .tier{{padding:.1em .5em;border-radius:.3em;color:#fff}}
 .hot{{background:#c0392b}}.warm{{background:#e67e22}}.cold{{background:#2980b9}}
 table{{border-collapse:collapse}}td,th{{padding:.2em .6em;border-bottom:1px solid #ddd;text-align:left}}
-.up{{fill:#27ae60}}.down{{fill:#c0392b}}.base,.total{{fill:#7f8c8d}}
+.up{{fill:#27ae60}}.down{{fill:#c0392b}}.base,.total,.none{{fill:#7f8c8d}}
 </style></head><body>
 <h1>Account {account}: score <span id="score">{score}</span>
  <span class="tier {tier}" id="tier">{tier}</span></h1>
@@ -544,7 +698,7 @@ the last bar is the account's output, {raw:.3f}.</p>
   const steps = [{{text: 'base value', value: d.base_value, cls: 'base', start: 0}}];
   let run = d.base_value;
   for (const c of d.contributions) {{
-    steps.push({{text: c.text, value: c.contribution, cls: c.contribution >= 0 ? 'up' : 'down',
+    steps.push({{text: c.text, value: c.contribution, cls: c.direction,
                 start: run, group: c.group}});
     run += c.contribution;
   }}

@@ -174,24 +174,32 @@ def _na(v):
     return None if v is None or v is pd.NA or (isinstance(v, float) and v != v) else str(v)
 
 
-def profile_messages(store, account_ids) -> list[dict]:
-    """Stored identify/group calls of ``account_ids`` back in Segment shape (for
-    ``features.segment.split_messages``, so fit traits are parsed as in batch loads)."""
+def profile_messages(store, account_ids=None) -> list[dict]:
+    """Stored group calls of ``account_ids`` (``None``: of every account) back in Segment shape
+    (for ``features.segment.split_messages``, so fit traits are parsed as in batch loads)."""
     import sqlalchemy as sa
 
     from serving.store import messages as t
 
     q = (sa.select(t.c.type, t.c.user_id, t.c.account_id, t.c.traits, t.c.timestamp)
-         .where(t.c.type == "group", t.c.account_id.in_(list(account_ids)))
+         .where(t.c.type == "group", t.c.account_id.is_not(None))
          .order_by(t.c.timestamp, t.c.seq))
+    if account_ids is not None:
+        q = q.where(t.c.account_id.in_(list(account_ids)))
     with store.engine.connect() as conn:
         return [{"type": ty, "userId": u, "groupId": a, "traits": json.loads(tr or "{}"),
                  "timestamp": ts.isoformat()} for ty, u, a, tr, ts in conn.execute(q)]
 
 
 def accounts_frame(store, account_ids) -> pd.DataFrame:
-    """Account rows (``account_id`` + fit traits) from the stored group calls."""
+    """Account rows (``account_id`` + fit traits) from the stored group calls.
+
+    Every id of ``account_ids`` gets a row (without traits if it made no group call); ``None``
+    reads the accounts of every group call in the store (the cache warm-up).
+    """
     msgs = profile_messages(store, account_ids)
+    if account_ids is None:
+        account_ids = []
     accounts = split_messages(messages_to_frame(msgs)).accounts if msgs else pd.DataFrame()
     known = set(accounts["account_id"]) if len(accounts) else set()
     missing = [a for a in account_ids if a not in known]

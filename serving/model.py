@@ -394,8 +394,20 @@ class Scorer:
         """Probability as a 0-100 integer score (what sales tools display)."""
         return np.rint(np.asarray(probability, float) * 100).astype(int)
 
+    @staticmethod
+    def tier_score(probability: np.ndarray) -> np.ndarray:
+        """The quantity tier cut points are defined on: ``round(100 * probability, 1)``.
+
+        ``training.train.make_tiers`` cuts on exactly this; the integer :meth:`to_score` would
+        move accounts just below a cut (0.4 points at most) into the tier below.
+        """
+        return np.round(100 * np.asarray(probability, float), 1)
+
     def tier(self, score) -> np.ndarray:
-        """hot / warm / cold from the bundle's (or configured) cut points."""
+        """hot / warm / cold from the bundle's (or configured) cut points.
+
+        ``score`` is :meth:`tier_score` of the probability, not the integer score.
+        """
         score = np.asarray(score, float)
         out = np.full(score.shape, "cold", dtype=object)
         for name, cut in sorted(self.tiers.items(), key=lambda kv: kv[1]):

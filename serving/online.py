@@ -23,6 +23,8 @@ from __future__ import annotations
 import functools
 import re
 import threading
+from collections import OrderedDict
+from dataclasses import dataclass
 
 import duckdb
 import ibis
@@ -222,3 +224,98 @@ class OnlineFeatureQuery:
     def close(self) -> None:
         """Close the DuckDB connection."""
         self._con.close()
+
+
+# --- the per-worker cache of features and answers ------------------------------------------
+@dataclass
+class CachedScore:
+    """What one account's features and /score answer were at one cutoff and store watermark.
+
+    Attributes
+    ----------
+    watermark : tuple of int
+        :meth:`serving.store.EventStore.watermarks` of the account when its events were read.
+    frame : DataFrame or None
+        The feature batch holding the account's row (``None`` when it could not be scored).
+    position : int
+        The row's position in ``frame``.
+    result : dict
+        The JSON-ready /score answer (or ``{"account_id", "error"}``).
+    """
+
+    watermark: tuple[int, int]
+    frame: pd.DataFrame | None
+    position: int
+    result: dict
+
+
+class FeatureCache:
+    """Per-worker cache keyed by (cutoff, account_id, the account's event-store watermark).
+
+    A lookup hits only when the account's watermark equals the one its features were computed
+    at, so a committed event, group call or trait change for the account makes the next lookup
+    miss and the account is recomputed by the pipeline's query: the cache can be stale in
+    nothing but the time since the cutoff, which callers bound by rounding "now" up to a
+    granularity (see ``serving.service``). Thread-safe; at most ``max_cutoffs`` cutoffs are kept,
+    least recently used dropped first.
+
+    Examples
+    --------
+    >>> cache = FeatureCache()
+    >>> t = pd.Timestamp("2024-06-01")
+    >>> cache.put(t, {"a1": CachedScore((3, 17), None, 0, {"account_id": "a1", "score": 40})})
+    >>> cache.get(t, "a1", (3, 17)).result["score"], cache.get(t, "a1", (4, 18))
+    (40, None)
+    >>> cache.stats()
+    {'hits': 1, 'misses': 1, 'cutoffs': 1, 'entries': 1}
+    """
+
+    def __init__(self, max_cutoffs: int = 4):
+        self.max_cutoffs = max_cutoffs
+        self._by_cutoff: OrderedDict[pd.Timestamp, dict[str, CachedScore]] = OrderedDict()
+        self._warmed: set[pd.Timestamp] = set()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, cutoff: pd.Timestamp, account_id: str, watermark) -> CachedScore | None:
+        """The entry for ``account_id`` at ``cutoff`` if computed at ``watermark``, else None."""
+        with self._lock:
+            entries = self._by_cutoff.get(cutoff)
+            entry = entries.get(account_id) if entries is not None else None
+            if entry is None or watermark is None or entry.watermark != tuple(watermark):
+                self.misses += 1
+                return None
+            self._by_cutoff.move_to_end(cutoff)
+            self.hits += 1
+            return entry
+
+    def put(self, cutoff: pd.Timestamp, entries: dict[str, CachedScore], warmed: bool = False) -> None:
+        """Store ``entries`` at ``cutoff``; ``warmed`` marks the cutoff as covering the whole store.
+
+        An entry never replaces one computed at a newer watermark (a slow warm-up that read the
+        store before a request's recomputation must not undo it).
+        """
+        with self._lock:
+            current = self._by_cutoff.setdefault(cutoff, {})
+            for aid, entry in entries.items():
+                old = current.get(aid)
+                if old is None or old.watermark <= entry.watermark:
+                    current[aid] = entry
+            if warmed:
+                self._warmed.add(cutoff)
+            self._by_cutoff.move_to_end(cutoff)
+            while len(self._by_cutoff) > self.max_cutoffs:
+                dropped, _ = self._by_cutoff.popitem(last=False)
+                self._warmed.discard(dropped)
+
+    def warmed(self, cutoff: pd.Timestamp) -> bool:
+        """True when a warm-up has filled ``cutoff`` for every account of the store."""
+        with self._lock:
+            return cutoff in self._warmed
+
+    def stats(self) -> dict:
+        """Hits, misses, cutoffs and entries held (for logs and the benchmark)."""
+        with self._lock:
+            return {"hits": self.hits, "misses": self.misses, "cutoffs": len(self._by_cutoff),
+                    "entries": sum(len(e) for e in self._by_cutoff.values())}

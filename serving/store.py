@@ -239,6 +239,43 @@ class EventStore:
         out["timestamp"] = pd.to_datetime(out["timestamp"]).astype(TIMESTAMP_DTYPE)
         return out.reset_index(drop=True)
 
+    def watermarks(self, account_ids: Iterable[str] | None = None) -> dict[str, tuple[int, int]]:
+        """account_id -> ``(messages, newest seq)`` of everything that can change its features.
+
+        That is every message naming the account (its events, its group calls and traits) and
+        every message of a user who ever joined it with a group call (their events, and a later
+        group call moving them elsewhere). The store is append-only, so any commit touching the
+        account changes the pair; the count also catches a PostgreSQL transaction that commits a
+        smaller ``seq`` after a larger one. Over-inclusive on purpose (a user's event explicitly
+        naming another account still moves it): a watermark may change needlessly, never stay
+        put when the account's features changed.
+
+        Two grouped queries on the ``account_id`` and ``user_id`` indexes; accounts without any
+        message are absent from the result. ``None`` covers every account in the store.
+        """
+        m, g = messages, messages.alias("g")
+        by_account = sa.select(m.c.account_id, sa.func.count(), sa.func.max(m.c.seq)).where(
+            m.c.account_id.is_not(None)).group_by(m.c.account_id)
+        by_member = (sa.select(g.c.account_id, sa.func.count(), sa.func.max(m.c.seq))
+                     .select_from(g.join(m, m.c.user_id == g.c.user_id))
+                     .where(g.c.type == "group", g.c.account_id.is_not(None))
+                     .group_by(g.c.account_id))
+        if account_ids is not None:
+            ids = list(dict.fromkeys(account_ids))
+            if not ids:
+                return {}
+            by_account = by_account.where(m.c.account_id.in_(ids))
+            by_member = by_member.where(g.c.account_id.in_(ids))
+        out: dict[str, tuple[int, int]] = {}
+        # One connection, one read transaction: both counts come from the same snapshot.
+        with self.engine.connect() as conn:
+            for acc, n, top in conn.execute(by_account):
+                out[acc] = (int(n), int(top))
+            for acc, n, top in conn.execute(by_member):
+                n0, top0 = out.get(acc, (0, 0))
+                out[acc] = (n0 + int(n), max(top0, int(top)))
+        return out
+
     def account_traits(self, account_ids: Iterable[str] | None = None) -> dict[str, dict]:
         """account_id -> merged traits of its group calls (later calls override earlier)."""
         q = (sa.select(messages.c.account_id, messages.c.traits)
