@@ -418,9 +418,16 @@ def log_distribution(scores: pd.DataFrame, bundle, cutoff, tracking_uri: str | N
 
     from serving.model import _client
 
-    client, _ = _client(tracking_uri)
+    client, uri = _client(tracking_uri)
     exp = client.get_experiment_by_name(EXPERIMENT)
-    exp_id = exp.experiment_id if exp is not None else client.create_experiment(EXPERIMENT)
+    if exp is not None:
+        exp_id = exp.experiment_id
+    else:
+        # Keep a SQLite store's artifacts beside its file rather than in ./mlruns of the cwd.
+        location = None
+        if uri.startswith("sqlite:///"):
+            location = (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts" / EXPERIMENT).as_uri()
+        exp_id = client.create_experiment(EXPERIMENT, artifact_location=location)
     counts, edges = score_histogram(scores["score"])
     previous = client.search_runs([exp_id], filter_string=f"tags.model_version = '{bundle.version}'",
                                   order_by=["attributes.start_time DESC"], max_results=1)

@@ -4,7 +4,11 @@ Reasons are LightGBM ``pred_contrib`` contributions (TreeSHAP, log-odds) summed 
 one group per milestone (all its ``ms__<m>__*`` columns), per sequence, per fit attribute and
 per account/demand-gen/activity column. Group sums plus the base value equal the model's raw
 output exactly, so the reasons add up to the score. Each group is worded in plain language
-with the account's own values, from the labels of ``milestones.yaml``.
+with the account's own values, from the labels of ``milestones.yaml`` (:class:`Wording`): a
+reached milestone says who and when, an unmet one what is still missing in the rule's terms.
+A reason's direction is the sign of its contribution and nothing else (an unmet milestone whose
+partial progress raised the output is an "up" reason); the CRM's one-line ``top_reasons`` marks
+each reason ``(+)`` or ``(-)`` because it lists both directions by strength.
 
 Next-best milestones are found by re-scoring: for every unmet milestone, the account's row is
 copied with that milestone reached (today, by the minimum users and count its rule needs) and
@@ -671,7 +675,7 @@ _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>Why {account} scores {score}</title>
 <style>
-body{{font-family:system-ui,sans-serif;margin:2em;max-width:60em;color:#222}}
+body{{font-family:system-ui,sans-serif;margin:2em;max-width:62em;color:#222}}
 .tier{{padding:.1em .5em;border-radius:.3em;color:#fff}}
 .hot{{background:#c0392b}}.warm{{background:#e67e22}}.cold{{background:#2980b9}}
 table{{border-collapse:collapse}}td,th{{padding:.2em .6em;border-bottom:1px solid #ddd;text-align:left}}
@@ -683,7 +687,7 @@ table{{border-collapse:collapse}}td,th{{padding:.2em .6em;border-bottom:1px soli
 <h2>Why: contributions to the model's output (log-odds)</h2>
 <p>The bars start at the model's base value and add each reason's contribution;
 the last bar is the account's output, {raw:.3f}.</p>
-<svg id="waterfall" xmlns="http://www.w3.org/2000/svg" width="900" height="{height}"></svg>
+<svg id="waterfall" xmlns="http://www.w3.org/2000/svg" width="960" height="{height}"></svg>
 <h2>Next-best milestones</h2><ol id="next-best">{next_best}</ol>
 <h2>Milestones reached</h2><ul id="reached">{reached}</ul>
 <h2>Every contribution</h2>
@@ -705,7 +709,8 @@ the last bar is the account's output, {raw:.3f}.</p>
   steps.push({{text: 'model output', value: run, cls: 'total', start: 0}});
   const ends = steps.flatMap(s => [s.start, s.start + s.value]);
   const lo = Math.min(0, ...ends), hi = Math.max(0, ...ends);
-  const left = 420, width = 440, rowH = 22;
+  // Labels get most of the width: a reason's words matter more than its bar's length.
+  const left = 540, width = 410, rowH = 22;
   const x = v => left + (v - lo) / ((hi - lo) || 1) * width;
   steps.forEach((s, i) => {{
     const a = x(s.start), b = x(s.start + s.value);
@@ -718,7 +723,10 @@ the last bar is the account's output, {raw:.3f}.</p>
     svg.appendChild(r);
     const t = document.createElementNS(NS, 'text');
     t.setAttribute('x', 4); t.setAttribute('y', i * rowH + 17); t.setAttribute('font-size', 12);
-    t.textContent = s.text.length > 60 ? s.text.slice(0, 57) + '...' : s.text;
+    t.textContent = s.text.length > 84 ? s.text.slice(0, 81) + '...' : s.text;
+    const full = document.createElementNS(NS, 'title');  // the whole text on hover
+    full.textContent = s.text;
+    t.appendChild(full);
     svg.appendChild(t);
   }});
   svg.setAttribute('data-final', run);

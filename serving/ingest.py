@@ -9,14 +9,16 @@ so a client retry never meets a half-stored batch.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
 
 from features import contract
-from features.segment import MESSAGE_TYPES, messages_to_frame, split_messages
+from features.segment import MESSAGE_TYPES, VIEW_EVENT, messages_to_frame, split_messages
 from features.timestamps import to_utc_naive
 
 #: Default limits; Segment's own API caps a batch at 500 KB and a message at 32 KB.
@@ -117,6 +119,18 @@ def parse_request(body, kind: str | None = None, *,
     if not messages:
         return []
     now = now or pd.Timestamp.now("UTC").tz_localize(None)
+    fast = plain_rows(messages, now)
+    if fast is not None:
+        return fast
+    return contract_rows(messages, prefix, kind, now)
+
+
+def contract_rows(messages: list[dict], prefix: str, kind: str | None,
+                  now: pd.Timestamp) -> list[dict]:
+    """Rows of :func:`parse_request` through the data contract's own (pandas) validation.
+
+    The authority on what is valid, and the path that words every error.
+    """
     raw = messages_to_frame(messages)
     tables = split_messages(raw)
     if len(tables.rejected):
@@ -168,6 +182,92 @@ def parse_request(body, kind: str | None = None, *,
                      "source": "product", "properties": None,
                      "traits": json.dumps(msg.get("traits") or {}, default=str)})
     return rows
+
+
+# --- the plain fast path --------------------------------------------------------------------
+# Timestamps both pandas' ISO-8601 parser (the contract's) and datetime.fromisoformat read
+# identically; anything else (epoch numbers, other layouts, >6 fraction digits) takes the
+# contract path.
+_PLAIN_TS = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})?")
+# Alias fields that could change which value the contract's coalescing picks.
+_ALIASES = frozenset(("user_id", "anonymous_id", "event_text", "message_id", "group_id",
+                      "context_groupId", "context_traits"))
+
+
+def _plain_text(v) -> str | None:
+    """A str with content after stripping, stripped (else None)."""
+    if isinstance(v, str):
+        t = v.strip()
+        return t or None
+    return None
+
+
+def _plain_time(v) -> dt.datetime | None:
+    if not isinstance(v, str) or not _PLAIN_TS.fullmatch(v):
+        return None
+    try:
+        t = dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return t.astimezone(dt.UTC).replace(tzinfo=None) if t.tzinfo else t
+
+
+def plain_rows(messages: list[dict], now: pd.Timestamp) -> list[dict] | None:
+    """The rows :func:`contract_rows` returns, without pandas, for plain valid messages; else None.
+
+    Segment libraries send string ids, an ISO-8601 ``timestamp`` and object ``properties``:
+    for such messages the contract's rules (``features.segment.split_messages`` then
+    ``features.contract.canonical_events``: stripped non-empty ids, a parseable timestamp not
+    beyond ``now + FUTURE_TOLERANCE``, properties a JSON object, ``groupId`` before
+    ``context.groupId``) reduce to a few checks on plain dicts. Whenever a message is anything
+    else - invalid, unusual or merely ambiguous - this returns None and the request takes the
+    contract's path, which stays the single authority (and words the error). A test checks
+    that both paths give identical rows.
+    """
+    limit = (now + contract.FUTURE_TOLERANCE).to_pydatetime()
+    events: list[dict] = []
+    profiles: list[dict] = []
+    for msg in messages:
+        kind = msg.get("type")
+        if not isinstance(kind, str) or not _ALIASES.isdisjoint(msg):
+            return None
+        kind = kind.lower()
+        user = _plain_text(msg.get("userId"))
+        mid = _plain_text(msg.get("messageId"))
+        ts = _plain_time(msg.get("timestamp"))
+        if user is None or mid is None or ts is None:
+            return None
+        context = msg.get("context") or {}
+        group = msg.get("groupId")
+        if group in (None, ""):
+            group = context.get("groupId")
+        if group is not None and _plain_text(group) is None:
+            return None
+        if kind in ("track", "page", "screen"):
+            event = _plain_text(msg.get("event")) if kind == "track" else VIEW_EVENT[kind]
+            props = msg.get("properties")
+            if event is None or ts > limit or not (props is None or isinstance(props, dict)):
+                return None
+            try:
+                props_text = None if props is None else json.dumps(props, allow_nan=False)
+            except (TypeError, ValueError):
+                return None
+            events.append({"message_id": mid, "type": kind, "user_id": user,
+                           "account_id": _plain_text(group), "event": event, "timestamp": ts,
+                           "source": "product", "properties": props_text, "traits": None})
+        elif kind in ("identify", "group"):
+            if kind == "group" and group is None:
+                return None
+            # The contract path keeps profile ids as sent (unstripped): do the same.
+            profiles.append({"message_id": str(msg["messageId"]), "type": kind,
+                             "user_id": str(msg["userId"]),
+                             "account_id": None if group is None else str(group),
+                             "event": None, "timestamp": ts, "source": "product",
+                             "properties": None,
+                             "traits": json.dumps(msg.get("traits") or {}, default=str)})
+        else:
+            return None
+    return events + profiles
 
 
 def _na(v):

@@ -10,6 +10,16 @@ Run with ``pql serve`` (imports the champion into the Bento model store, then
 ``PQL_MODEL_DIR``    a local bundle directory instead of the Bento store (tests, notebooks)
 ``PQL_TIERS``        tier cut points as JSON, e.g. ``{"hot": 75, "warm": 45}``
 ``PQL_MAX_EVENTS`` / ``PQL_MAX_BODY_BYTES``  request limits
+``PQL_CUTOFF_GRANULARITY``  "now" (no ``as_of``) is rounded up to this (default ``5min``)
+``PQL_FEATURE_CACHE``  ``0`` turns the per-worker feature cache off (default on)
+``PQL_CACHE_REFRESH_SECONDS``  how often the cache warmer checks the current/next cutoff
+                     (default 30; ``0``: warm only at start-up)
+
+Scoring by account id goes through a per-worker cache of the pipeline's features and answers,
+keyed by (cutoff, account, the account's event-store watermark): a request reads the
+watermarks of its accounts (one indexed query), answers the unchanged ones from the cache and
+computes the rest with the pipeline's compiled query in one batch. The cache is warmed for
+every account of the store at start-up and for each new "now" cutoff by a background thread.
 
 ``/livez``, ``/readyz`` and ``/metrics`` stay open (BentoML's own endpoints).
 """
@@ -23,6 +33,8 @@ import hmac
 import json
 import logging
 import os
+import threading
+import time
 from typing import Any, Literal
 
 import bentoml
@@ -35,13 +47,15 @@ from pydantic import BaseModel, Field
 from serving.explain import Explainer, render_html
 from serving.ingest import MAX_BODY_BYTES, MAX_EVENTS_PER_REQUEST, IngestError, accounts_frame, parse_request
 from serving.model import ModelError, Scorer, check_manifest, load_bundle
-from serving.online import OnlineFeatureQuery
+from serving.online import CachedScore, FeatureCache, OnlineFeatureQuery
 from serving.store import DEFAULT_URL, EventStore
 
 logger = logging.getLogger("pql.serving")
 
-PROTECTED = ("/score", "/explain", "/feedback")
+PROTECTED = ("/score", "/explain", "/feedback", "/cache_stats")
 INGEST_PREFIX = "/v1/"
+#: Default rounding of "now" for requests without as_of (pandas offset alias).
+DEFAULT_GRANULARITY = "5min"
 
 
 # --- request shapes -------------------------------------------------------------------------
@@ -212,7 +226,31 @@ class PQLScorer:
         self.features = OnlineFeatureQuery(bundle.spec, bundle.manifest)
         self.store = EventStore(os.environ.get("PQL_STORE_URL", DEFAULT_URL))
         self.max_events = int(os.environ.get("PQL_MAX_EVENTS", MAX_EVENTS_PER_REQUEST))
+        self.granularity = os.environ.get("PQL_CUTOFF_GRANULARITY", DEFAULT_GRANULARITY)
+        try:
+            pd.Timedelta(self.granularity)
+        except ValueError:
+            raise RuntimeError(f"PQL_CUTOFF_GRANULARITY={self.granularity!r}: expected a duration "
+                               "such as 1min or 5min") from None
+        self.cache = None
+        self.warmer = None
+        if os.environ.get("PQL_FEATURE_CACHE", "1") != "0":
+            self.cache = FeatureCache()
+            # Warm before the worker reports ready: the first requests then hit the cache.
+            t = time.perf_counter()
+            n = warm_cache(self, default_cutoff(pd.Timestamp.now("UTC").tz_localize(None),
+                                                self.granularity))
+            logger.info("feature cache warmed: %d accounts in %.1f s", n, time.perf_counter() - t)
+            refresh = float(os.environ.get("PQL_CACHE_REFRESH_SECONDS", "30"))
+            if refresh > 0:
+                self.warmer = CacheWarmer(self, refresh)
+                self.warmer.start()
         logger.info("serving %s with store %s", bundle.version, self.store.url)
+
+    @bentoml.api(route="/cache_stats")
+    def cache_stats(self) -> dict:
+        """Feature cache hits, misses and size of this worker (bearer token needed)."""
+        return self.cache.stats() if self.cache is not None else {"enabled": False}
 
     # ---- scoring -----------------------------------------------------------------------
     # max_latency_ms is BentoML's load-shedding bound (503 beyond it), not the latency target:
@@ -310,9 +348,23 @@ def _inline_events(acc: AccountIn) -> pd.DataFrame:
                                        "message_id", "source", "properties"])
 
 
-def _cutoff(acc: AccountIn, now: pd.Timestamp | None = None) -> pd.Timestamp:
+def default_cutoff(now: pd.Timestamp, granularity: str = DEFAULT_GRANULARITY) -> pd.Timestamp:
+    """The cutoff of a request without ``as_of``: now rounded *up* to ``granularity``.
+
+    Rounding up keeps every event stored so far (all timestamps before now) inside the
+    features, while requests within one granularity share one cutoff, hence one feature cache
+    entry per account. The only staleness is time itself: recency and decay are computed at
+    most one granularity ahead (5 minutes by default, ~0.0035 days).
+
+    >>> str(default_cutoff(pd.Timestamp("2024-06-01 10:01:30"), "5min"))
+    '2024-06-01 10:05:00'
+    """
+    return pd.Timestamp(now).ceil(granularity)
+
+
+def _cutoff(acc: AccountIn, default: pd.Timestamp) -> pd.Timestamp:
     if acc.as_of is None:
-        return now if now is not None else pd.Timestamp.now("UTC").tz_localize(None).floor("s")
+        return default
     t = pd.Timestamp(acc.as_of)
     return t.tz_convert("UTC").tz_localize(None) if t.tzinfo else t
 
@@ -321,57 +373,196 @@ def score_accounts_online(svc, accounts: list[AccountIn], with_all: bool = False
     """Score a batch of accounts the way /score does (features from the store or inline).
 
     Accounts that cannot be scored get ``{"account_id", "error"}`` in their place, so one bad
-    account never fails the others in an adaptive batch.
+    account never fails the others in an adaptive batch. Accounts by id are answered from the
+    worker's :class:`~serving.online.FeatureCache` when their store watermark is unchanged.
     """
-    return [_jsonable(r if isinstance(r, dict) else r.to_dict())
-            for r in explain_accounts_online(svc, accounts, with_all)]
+    return [r if isinstance(r, dict) else _jsonable(r.to_dict())
+            for r in _answers(svc, accounts, with_all, as_dicts=not with_all)]
 
 
 def explain_accounts_online(svc, accounts: list[AccountIn], with_all: bool = False) -> list:
     """Like :func:`score_accounts_online` but returns ``Explanation`` objects (or error dicts)."""
+    return _answers(svc, accounts, with_all, as_dicts=False)
+
+
+def _answers(svc, accounts: list[AccountIn], with_all: bool, as_dicts: bool) -> list:
+    results: list = [None] * len(accounts)
+    now = pd.Timestamp.now("UTC").tz_localize(None)
+    default = default_cutoff(now, getattr(svc, "granularity", DEFAULT_GRANULARITY))
+    by_cutoff: dict[pd.Timestamp, list[int]] = {}
+    for i, acc in enumerate(accounts):
+        by_cutoff.setdefault(_cutoff(acc, default), []).append(i)
+    for cutoff, idx in by_cutoff.items():
+        stored = [i for i in idx if accounts[i].events is None]
+        inline = [i for i in idx if accounts[i].events is not None]
+        if stored:
+            ids = list(dict.fromkeys(accounts[i].account_id for i in stored))
+            got = _stored_answers(svc, ids, cutoff, with_all, as_dicts)
+            for i in stored:
+                results[i] = got[accounts[i].account_id]
+        if inline:
+            got = _inline_answers(svc, [accounts[i] for i in inline], cutoff, with_all)
+            for i, r in zip(inline, got):
+                results[i] = r
+    return results
+
+
+def _no_events(aid: str, cutoff: pd.Timestamp) -> dict:
+    return {"account_id": aid, "error": f"no events before {cutoff.isoformat()}: nothing to score"}
+
+
+def _features(svc, events: pd.DataFrame, acc_frame: pd.DataFrame, cutoff: pd.Timestamp,
+              query=None) -> pd.DataFrame:
+    """The pipeline's features (compiled query) at ``cutoff``; one row per account with events."""
     from features.pipeline import online_features
 
-    results: list[dict | None] = [None] * len(accounts)
-    by_cutoff: dict[pd.Timestamp, list[int]] = {}
-    # One "now" per batch: accounts without as_of share one cutoff, hence one feature query.
-    # Microseconds kept: an event stored a moment ago is before the cutoff.
-    now = pd.Timestamp.now("UTC").tz_localize(None)
-    for i, acc in enumerate(accounts):
-        by_cutoff.setdefault(_cutoff(acc, now), []).append(i)
-    features = getattr(svc, "features", None)
+    if not len(events):
+        return pd.DataFrame({"account_id": pd.Series(dtype="string")})
+    query = query or getattr(svc, "features", None)
     bundle = svc.scorer.bundle
-    for cutoff, idx in by_cutoff.items():
-        stored_ids = [accounts[i].account_id for i in idx if accounts[i].events is None]
-        frames = [_inline_events(accounts[i]) for i in idx if accounts[i].events is not None]
-        if stored_ids:
-            frames.append(svc.store.events(stored_ids, before=cutoff.to_pydatetime()))
-        events = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(
-            len(f) for f in frames) else frames[0].iloc[0:0]
-        acc_frame = accounts_frame(svc.store, stored_ids) if stored_ids else pd.DataFrame(
-            {"account_id": pd.Series(dtype="string")})
-        inline_fit = [dict(account_id=accounts[i].account_id, **(accounts[i].fit or {}))
-                      for i in idx if accounts[i].events is not None]
-        if inline_fit:
-            acc_frame = pd.concat([acc_frame, pd.DataFrame(inline_fit)], ignore_index=True)
-        if len(events) and features is not None:
-            feats = features(events, acc_frame, cutoff)
-        elif len(events):
-            feats = online_features(events, bundle.spec, cutoff, accounts=acc_frame,
-                                    manifest=bundle.manifest)
+    feats = (query(events, acc_frame, cutoff) if query is not None else
+             online_features(events, bundle.spec, cutoff, accounts=acc_frame, manifest=bundle.manifest))
+    return feats.drop_duplicates("account_id").reset_index(drop=True)
+
+
+def _explained(svc, feats: pd.DataFrame, with_all: bool) -> tuple[dict, dict]:
+    """({account_id: Explanation}, {account_id: why it cannot be scored}) for a feature frame."""
+    if not len(feats):
+        return {}, {}
+    exps, bad = svc.explainer.explain(feats, with_all=with_all)
+    ids = feats["account_id"].astype(str).to_numpy()
+    return {e.account_id: e for e in exps}, {str(ids[r]): msg for r, msg in bad.items()}
+
+
+def compute_stored(svc, account_ids: list[str] | None, cutoff: pd.Timestamp,
+                   watermarks: dict | None = None, query=None) -> dict[str, "CachedScore"]:
+    """Features and /score answers of stored accounts at ``cutoff``, as cache entries.
+
+    One store read, one run of the pipeline's compiled query and one vectorised
+    :meth:`Explainer.explain` for the whole set; ``account_ids=None`` means every account of
+    the store (the warm-up). Watermarks are read *before* the events, so an event committed
+    in between can only make an entry look older than it is (a needless recomputation later),
+    never newer. Accounts the store knows nothing about are left out.
+    """
+    store = svc.store
+    wm = store.watermarks(account_ids) if watermarks is None else watermarks
+    if account_ids is None:
+        account_ids = sorted(wm)
+    known = [a for a in account_ids if a in wm]
+    if not known:
+        return {}
+    warm = len(known) == len(wm) and watermarks is None and len(known) > 500
+    # A whole-store read scans once instead of binding thousands of ids (SQLite caps them).
+    events = store.events(None if warm else known, before=cutoff.to_pydatetime())
+    acc_frame = accounts_frame(store, None if warm else known)
+    if warm:
+        have = set(acc_frame["account_id"]) if len(acc_frame) else set()
+        extra = pd.DataFrame({"account_id": [a for a in known if a not in have]})
+        acc_frame = pd.concat([acc_frame, extra], ignore_index=True) if len(extra) else acc_frame
+    feats = _features(svc, events, acc_frame, cutoff, query)
+    exps, bad = _explained(svc, feats, with_all=False)
+    position = {str(a): k for k, a in enumerate(feats["account_id"])} if len(feats) else {}
+    out = {}
+    for aid in known:
+        if aid in exps:
+            result = _jsonable(exps[aid].to_dict())
         else:
-            feats = pd.DataFrame({"account_id": pd.Series(dtype="string")})
-        feats = feats.drop_duplicates("account_id").reset_index(drop=True)
-        exps, bad = svc.explainer.explain(feats, with_all=with_all) if len(feats) else ([], {})
-        by_id = {e.account_id: e for e in exps}
-        bad_ids = {str(feats.loc[r, "account_id"]): msg for r, msg in bad.items()}
-        for i in idx:
-            aid = accounts[i].account_id
-            if aid in by_id:
-                results[i] = by_id[aid]
+            result = {"account_id": aid, "error": bad[aid]} if aid in bad else _no_events(aid, cutoff)
+        out[aid] = CachedScore(wm[aid], feats if aid in position else None, position.get(aid, -1), result)
+    return out
+
+
+def _stored_answers(svc, ids: list[str], cutoff: pd.Timestamp, with_all: bool,
+                    as_dicts: bool) -> dict:
+    cache = getattr(svc, "cache", None)
+    entries: dict[str, CachedScore] = {}
+    if cache is not None:
+        wm = svc.store.watermarks(ids)
+        missing = []
+        for aid in ids:
+            hit = cache.get(cutoff, aid, wm.get(aid))
+            if hit is None:
+                missing.append(aid)
             else:
-                results[i] = {"account_id": aid, "error": bad_ids.get(
-                    aid, f"no events before {cutoff.isoformat()}: nothing to score")}
-    return results
+                entries[aid] = hit
+        if missing:
+            fresh = compute_stored(svc, missing, cutoff, watermarks={a: wm[a] for a in missing if a in wm})
+            cache.put(cutoff, fresh)
+            entries.update(fresh)
+    else:
+        entries = compute_stored(svc, ids, cutoff)
+    out: dict = {}
+    if as_dicts:
+        for aid in ids:
+            out[aid] = entries[aid].result if aid in entries else _no_events(aid, cutoff)
+        return out
+    # Explanation objects (/explain, with every contribution): re-explain the cached rows.
+    rows = [(aid, entries[aid]) for aid in ids if aid in entries and entries[aid].frame is not None]
+    for frame_id in {id(e.frame) for _, e in rows}:
+        group = [(aid, e) for aid, e in rows if id(e.frame) == frame_id]
+        frame = group[0][1].frame.iloc[[e.position for _, e in group]].reset_index(drop=True)
+        exps, bad = _explained(svc, frame, with_all)
+        out.update(exps)
+        out.update({aid: {"account_id": aid, "error": msg} for aid, msg in bad.items()})
+    for aid in ids:
+        if aid not in out:
+            out[aid] = entries[aid].result if aid in entries else _no_events(aid, cutoff)
+    return out
+
+
+def _inline_answers(svc, accounts: list[AccountIn], cutoff: pd.Timestamp, with_all: bool) -> list:
+    events = pd.concat([_inline_events(a) for a in accounts], ignore_index=True)
+    acc_frame = pd.DataFrame([dict(account_id=a.account_id, **(a.fit or {})) for a in accounts])
+    exps, bad = _explained(svc, _features(svc, events, acc_frame, cutoff), with_all)
+    return [exps.get(a.account_id) or ({"account_id": a.account_id, "error": bad[a.account_id]}
+                                       if a.account_id in bad else _no_events(a.account_id, cutoff))
+            for a in accounts]
+
+
+def warm_cache(svc, cutoff: pd.Timestamp, query=None) -> int:
+    """Fill ``svc.cache`` at ``cutoff`` for every account of the store, in one batch.
+
+    The SAME compiled pipeline query as a request runs, over all the store's accounts at once
+    (then one vectorised explanation). Returns the number of accounts cached.
+    """
+    entries = compute_stored(svc, None, cutoff, query=query)
+    svc.cache.put(cutoff, entries, warmed=True)
+    return len(entries)
+
+
+class CacheWarmer(threading.Thread):
+    """Background thread keeping the current and next default cutoffs warm.
+
+    Every ``check_seconds`` (and at each granularity boundary) it warms the cutoff of "now"
+    and of the next bucket if not yet warm, with its own compiled query (a DuckDB connection
+    of its own, so requests never wait for a warm-up's big query).
+    """
+
+    def __init__(self, svc, check_seconds: float):
+        super().__init__(name="pql-cache-warmer", daemon=True)
+        self.svc = svc
+        self.check_seconds = check_seconds
+        self.stop_event = threading.Event()
+        self._query = None
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            now = pd.Timestamp.now("UTC").tz_localize(None)
+            current = default_cutoff(now, self.svc.granularity)
+            try:
+                for cutoff in (current, current + pd.Timedelta(self.svc.granularity)):
+                    if not self.svc.cache.warmed(cutoff) and not self.stop_event.is_set():
+                        if self._query is None:
+                            self._query = OnlineFeatureQuery(self.svc.scorer.bundle.spec,
+                                                             self.svc.scorer.bundle.manifest)
+                        t = time.perf_counter()
+                        n = warm_cache(self.svc, cutoff, self._query)
+                        logger.info("feature cache warmed at %s: %d accounts in %.1f s",
+                                    cutoff, n, time.perf_counter() - t)
+            except Exception:  # a failed warm-up only costs cache misses; keep serving
+                logger.exception("feature cache warm-up failed")
+            wait = (current - pd.Timestamp.now("UTC").tz_localize(None)).total_seconds()
+            self.stop_event.wait(max(1.0, min(self.check_seconds, wait + 0.5)))
 
 
 def _jsonable(obj):

@@ -15,7 +15,7 @@ import pytest
 
 from serving.batch import (HUBSPOT, SALESFORCE, BatchScores, explain_account, parse_cutoff,
                            score_accounts, score_frame, to_format, write_scores)
-from serving.explain import Explainer
+from serving.explain import Explainer, reason_line
 from serving_fixtures import shared_bundle, shared_scorer
 
 T = pd.Timestamp("2024-06-01")
@@ -196,7 +196,7 @@ def test_same_answers_as_the_service(run, registry, tmp_path, monkeypatch):
         assert online["score"] == row["score"] and online["tier"] == row["tier"]
         strongest = sorted(online["reasons_up"] + online["reasons_down"],
                            key=lambda x: -abs(x["contribution"]))[:3]
-        assert " | ".join(x["text"] for x in strongest) == row["top_reasons"]
+        assert " | ".join(reason_line(x) for x in strongest) == row["top_reasons"]
         best = online["next_best"][0]["label"] if online["next_best"] else ""
         assert best == row["next_best_milestone"]
         assert ";".join(m["name"] for m in online["milestones_reached"]) == row["milestones_reached"]

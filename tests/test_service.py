@@ -46,6 +46,7 @@ def service_env(tmp_path_factory):
     mp.setenv("PQL_STORE_URL", f"sqlite:///{root / 'events.db'}")
     mp.setenv("PQL_MAX_EVENTS", "50")
     mp.setenv("PQL_MAX_BODY_BYTES", "20000")
+    mp.setenv("PQL_CACHE_REFRESH_SECONDS", "0")  # no background warmer in unit tests
     yield root
     mp.undo()
 

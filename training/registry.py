@@ -36,6 +36,27 @@ def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
     return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+def artifact_location_for(tracking_uri: str, experiment: str) -> str | None:
+    """Where a new experiment's artifacts go: beside a SQLite store's file, so a store is one folder.
+
+    MLflow's default for a SQLite store is ``./mlruns`` under whatever directory the command ran
+    in, which scatters one store's artifacts across working directories. Other stores keep
+    their server's default (``None``).
+    """
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///"):]).resolve()
+        return (db.parent / "mlartifacts" / experiment).as_uri()
+    return None
+
+
+def ensure_experiment(client, tracking_uri: str, name: str) -> str:
+    """Return the id of experiment ``name``, creating it with :func:`artifact_location_for`."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_location_for(tracking_uri, name))
+
+
 def write_scorer_bundle(result, milestones_path: Path | None, out_dir: Path) -> Path:
     """Write ``calibrator.json, feature_manifest.csv, milestones.yaml, fit_categories.json, tiers.json``."""
     out = Path(out_dir)
@@ -142,9 +163,11 @@ def log_and_register(result, *, milestones_path: Path | None, data_source: str, 
     from training.plots import plot_calibration, plot_gains, plot_shap_beeswarm
 
     config = result.config
-    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
+    uri = resolve_tracking_uri(tracking_uri)
+    mlflow.set_tracking_uri(uri)
     client = MlflowClient()
     if not os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run` the project's run is already chosen
+        ensure_experiment(client, uri, config.experiment)
         mlflow.set_experiment(config.experiment)
     # Score the champion before this run registers anything, on exactly this run's evaluation rows.
     champion = score_champion(client, result, config.model_name, rebuild_features)
