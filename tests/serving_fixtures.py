@@ -9,6 +9,7 @@ temporary SQLite tracking store together with the ``scorer/*`` artifacts, regist
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +134,12 @@ def build_model_bundle(root: Path, n: int = 400, seed: int = 0, alias: str = "ch
         mlflow.log_artifacts(str(scorer), artifact_path="scorer")
     version = info.registered_model_version
     client.set_registered_model_alias("pql-account-scorer", alias, version)
+    # Leave no global MLflow state behind: later tests (training, registry) pick their own stores.
+    # (MLflow mirrors these setters into MLFLOW_* environment variables, so clear those too.)
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID"):
+        os.environ.pop(var, None)
     return {"tracking_uri": tracking_uri, "model_uri": f"models:/pql-account-scorer@{alias}",
             "version": str(version), "run_id": run.info.run_id, "frame": frame,
             "manifest": manifest, "booster": booster}

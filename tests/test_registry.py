@@ -42,10 +42,10 @@ def _decision(client, run_id) -> dict:
 
 def test_champion_moves_only_when_beaten_on_the_same_rows(store, feature_set, tmp_path):
     mlflow.set_tracking_uri(store)
-    client = MlflowClient(store)
+    client = MlflowClient(store, registry_uri=store)
     weak = _train(feature_set, crippled=True)
     first = log_and_register(weak, milestones_path=None, data_source="fake", tracking_uri=store)
-    assert first["alias"] == "champion" and first["reason"] == "no champion yet"
+    assert first["alias"] == "champion" and first["reason"] == "no champion yet", first
 
     strong = _train(feature_set)
     second = log_and_register(strong, milestones_path=None, data_source="fake", tracking_uri=store)
@@ -65,7 +65,7 @@ def test_champion_moves_only_when_beaten_on_the_same_rows(store, feature_set, tm
 
 def test_run_holds_metrics_inputs_artifacts_and_a_bundle_serving_can_load(store, feature_set, tmp_path):
     mlflow.set_tracking_uri(store)
-    client = MlflowClient(store)
+    client = MlflowClient(store, registry_uri=store)
     spec = fake_spec()
     ms = tmp_path / "milestones.yaml"
     ms.write_text(spec.to_yaml())

@@ -219,10 +219,10 @@ def test_train_from_a_generated_world_end_to_end(small_world, tmp_path, monkeypa
 
     from mlflow import MlflowClient
 
-    mv = MlflowClient(uri).get_model_version_by_alias("pql-account-scorer", "champion")
-    files = {Path(f.path).name for f in MlflowClient(uri).list_artifacts(mv.run_id, "scorer")}
+    mv = MlflowClient(uri, registry_uri=uri).get_model_version_by_alias("pql-account-scorer", "champion")
+    files = {Path(f.path).name for f in MlflowClient(uri, registry_uri=uri).list_artifacts(mv.run_id, "scorer")}
     assert files == {"calibrator.json", "feature_manifest.csv", "milestones.yaml", "fit_categories.json", "tiers.json"}
-    params = MlflowClient(uri).get_run(mv.run_id).data.params
+    params = MlflowClient(uri, registry_uri=uri).get_run(mv.run_id).data.params
     assert params["n_cutoffs"] == "30" and json.loads(params["cutoff_schedule"])["count"] == 30
 
 
@@ -263,7 +263,7 @@ def test_mlproject_train_entry_point_registers_a_version(small_world, tmp_path):
                            "-P", f"data={small_world}", "-P", "min_converters=20"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=580)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)
     versions = client.search_model_versions("name = 'pql-account-scorer'")
     assert len(versions) == 1
     run = client.get_run(versions[0].run_id)

@@ -164,8 +164,12 @@ def log_and_register(result, *, milestones_path: Path | None, data_source: str, 
 
     config = result.config
     uri = resolve_tracking_uri(tracking_uri)
+    # The registry lives in the tracking store. Set it explicitly: a registry URI left over in this
+    # process (MLflow mirrors set_registry_uri into MLFLOW_REGISTRY_URI) must not redirect the model.
+    registry_uri = uri
     mlflow.set_tracking_uri(uri)
-    client = MlflowClient()
+    mlflow.set_registry_uri(registry_uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=registry_uri)
     if not os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run` the project's run is already chosen
         ensure_experiment(client, uri, config.experiment)
         mlflow.set_experiment(config.experiment)
