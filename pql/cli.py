@@ -138,12 +138,13 @@ def features(
             fail(str(e))
         except OSError as e:
             fail(f"{data_dir}: {e}")
-    user_accounts = None
+    user_accounts = resolution = None
     if identity and ds.users is not None and len(ds.users):
         from features.identity import resolve_accounts
 
         with console.status("resolving users to accounts"):
-            user_accounts = resolve_accounts(ds.users, ds.events, ds.accounts).user_accounts
+            resolution = resolve_accounts(ds.users, ds.events, ds.accounts)
+            user_accounts = resolution.user_accounts
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         try:
@@ -154,6 +155,12 @@ def features(
         if "milestones whose events never occur" in str(w.message):
             console.print(f"[yellow]warning:[/] {w.message}")
     path, man = write_feature_set(fs, out)
+    if resolution is not None:
+        # The user -> account table and its report travel with the features they shaped (issue 4).
+        from features.identity import write_resolution
+
+        ua_path, report_path = write_resolution(resolution, Path(out).resolve().parent)
+        typer.echo(f"identity resolution: {report_path} ({ua_path.name})")
     table = Table(title="snapshots per cutoff")
     for col in ("cutoff", "rows", "positives"):
         table.add_column(col, justify="right")

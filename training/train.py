@@ -516,6 +516,11 @@ def train_from_data_dir(data_dir: str | Path, milestones_path: str | Path, *, tr
             result.registration = log_and_register(
                 result, milestones_path=Path(milestones_path), data_source=str(Path(data_dir).resolve()),
                 tracking_uri=tracking_uri, rebuild_features=build)
+            # How users were tied to accounts shaped every feature: keep the report with the run.
+            import mlflow
+
+            mlflow.MlflowClient().log_dict(result.registration["run_id"], resolution.report.to_dict(),
+                                           "identity_report.json")
     return result
 
 
