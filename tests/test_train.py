@@ -222,6 +222,8 @@ def test_train_from_a_generated_world_end_to_end(small_world, tmp_path, monkeypa
     mv = MlflowClient(uri, registry_uri=uri).get_model_version_by_alias("pql-account-scorer", "champion")
     files = {Path(f.path).name for f in MlflowClient(uri, registry_uri=uri).list_artifacts(mv.run_id, "scorer")}
     assert files == {"calibrator.json", "feature_manifest.csv", "milestones.yaml", "fit_categories.json", "tiers.json"}
+    top = {Path(f.path).name for f in MlflowClient(uri, registry_uri=uri).list_artifacts(mv.run_id)}
+    assert "identity_report.json" in top  # how users were tied to accounts travels with the run
     params = MlflowClient(uri, registry_uri=uri).get_run(mv.run_id).data.params
     assert params["n_cutoffs"] == "30" and json.loads(params["cutoff_schedule"])["count"] == 30
 
