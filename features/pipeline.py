@@ -11,7 +11,11 @@ How it stays cheap (and leak-free)
   ``T[b-1] <= timestamp < T[b]``; events after the last cutoff are dropped up front, which is
   what makes the features blind to the future. One group-by reduces the events to a compact
   table per (account, user, event, bucket); every per-cutoff count is then a cumulative sum over
-  buckets ``<= k`` of that small table instead of a cross join of all events with all cutoffs.
+  buckets ``<= k``: per-(account, bucket) rows are pivoted wide first and then joined on equality
+  to a tiny ``(bucket, k, factor)`` table, never a cross or inequality join of big tables.
+* DuckDB-specific costs shape the SQL (see docs/performance.md): conditional aggregates are
+  ``agg(CASE WHEN ...)`` rather than ``FILTER (WHERE ...)``, counts are summed as DOUBLE, and
+  each wide source is accumulated on its own rather than through a null-padded union.
 * Decay is cumulative too: ``sum exp(-ln2 (T_k - t) / h) = sum_b exp(-ln2 (T_k - T_b) / h) S_b``
   with ``S_b`` the decayed sum of bucket ``b`` measured at its own end ``T_b`` (no overflow).
 * A milestone's ``reached_at`` (when its ``min_count``-th qualifying event happened and

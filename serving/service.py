@@ -19,7 +19,8 @@ Scoring by account id goes through a per-worker cache of the pipeline's features
 keyed by (cutoff, account, the account's event-store watermark): a request reads the
 watermarks of its accounts (one indexed query), answers the unchanged ones from the cache and
 computes the rest with the pipeline's compiled query in one batch. The cache is warmed for
-every account of the store at start-up and for each new "now" cutoff by a background thread.
+every account of the store at start-up and, for each new "now" cutoff, by a separate warm-up
+process (so its work never holds the serving worker's GIL).
 
 ``/livez``, ``/readyz`` and ``/metrics`` stay open (BentoML's own endpoints).
 """
@@ -243,7 +244,7 @@ class PQLScorer:
             logger.info("feature cache warmed: %d accounts in %.1f s", n, time.perf_counter() - t)
             refresh = float(os.environ.get("PQL_CACHE_REFRESH_SECONDS", "30"))
             if refresh > 0:
-                self.warmer = CacheWarmer(self, refresh)
+                self.warmer = CacheWarmer(self, refresh, model_dir=str(model_dir), tiers=tiers)
                 self.warmer.start()
         logger.info("serving %s with store %s", bundle.version, self.store.url)
 
@@ -530,20 +531,110 @@ def warm_cache(svc, cutoff: pd.Timestamp, query=None) -> int:
     return len(entries)
 
 
+#: Accounts per message from the warm-up process: unpickling one chunk costs the serving
+#: worker ~2-4 ms of GIL time, so requests never wait long behind it.
+WARM_CHUNK = 200
+
+
+def _warm_in_child(conn, model_dir: str, tiers: dict | None, store_url: str,
+                   chunk_size: int = WARM_CHUNK) -> None:
+    """Body of the warm-up process: compute whole-store cache entries per requested cutoff.
+
+    Receives cutoffs on ``conn`` and answers each with chunks of ``[(account_id,
+    CachedScore), ...]`` (each chunk with its own slice of the feature frame, so the serving
+    worker unpickles little at a time) followed by ``("done", n)``. Exits on ``None`` or when
+    the serving worker is gone (EOF). It runs :func:`compute_stored`, the same code path as the
+    in-process warm-up and as a request's misses, on its own model, query and store handles.
+    """
+    import types
+
+    bundle = load_bundle(model_dir, tiers=tiers)
+    scorer = Scorer(bundle)
+    svc = types.SimpleNamespace(scorer=scorer, explainer=Explainer(scorer),
+                                features=OnlineFeatureQuery(bundle.spec, bundle.manifest),
+                                store=EventStore(store_url))
+    while True:
+        try:
+            cutoff = conn.recv()
+        except (EOFError, OSError):
+            return
+        if cutoff is None:
+            return
+        try:
+            entries = compute_stored(svc, None, cutoff)
+        except Exception as e:  # report, keep the process for the next cutoff
+            conn.send(("error", f"{type(e).__name__}: {e}"))
+            continue
+        ids = list(entries)
+        for start in range(0, len(ids), chunk_size):
+            chunk = ids[start:start + chunk_size]
+            with_rows = [a for a in chunk if entries[a].frame is not None]
+            frame = (entries[with_rows[0]].frame.iloc[[entries[a].position for a in with_rows]]
+                     .reset_index(drop=True) if with_rows else None)
+            at = {a: k for k, a in enumerate(with_rows)}
+            conn.send([(a, CachedScore(entries[a].watermark, frame if a in at else None,
+                                       at.get(a, -1), entries[a].result)) for a in chunk])
+        conn.send(("done", len(ids)))
+
+
 class CacheWarmer(threading.Thread):
     """Background thread keeping the current and next default cutoffs warm.
 
-    Every ``check_seconds`` (and at each granularity boundary) it warms the cutoff of "now"
-    and of the next bucket if not yet warm, with its own compiled query (a DuckDB connection
-    of its own, so requests never wait for a warm-up's big query).
+    Every ``check_seconds`` (and at each granularity boundary) it asks for the cutoff of "now"
+    and of the next bucket if not yet warm. The work itself (~20 s of pandas, DuckDB and
+    explanation for 10,000 accounts) runs in a separate *process* (:func:`_warm_in_child`,
+    started with ``spawn``): in this thread it would hold the worker's GIL and stall requests
+    for hundreds of ms (the p99 of /score). This thread only receives the finished entries in
+    chunks of :data:`WARM_CHUNK` and puts them into the cache with a short pause between chunks.
     """
 
-    def __init__(self, svc, check_seconds: float):
+    def __init__(self, svc, check_seconds: float, model_dir: str, tiers: dict | None = None,
+                 pause_seconds: float = 0.02, chunk_size: int = WARM_CHUNK):
         super().__init__(name="pql-cache-warmer", daemon=True)
         self.svc = svc
         self.check_seconds = check_seconds
+        self.model_dir = str(model_dir)
+        self.tiers = tiers
+        self.pause_seconds = pause_seconds
+        self.chunk_size = chunk_size
         self.stop_event = threading.Event()
-        self._query = None
+        self._proc = None
+        self._conn = None
+
+    def _process(self):
+        if self._proc is None or not self._proc.is_alive():
+            import multiprocessing as mp
+
+            ctx = mp.get_context("spawn")  # fork would copy DuckDB/LightGBM threads and locks
+            self._conn, child = ctx.Pipe()
+            self._proc = ctx.Process(target=_warm_in_child, name="pql-cache-warmer",
+                                     args=(child, self.model_dir, self.tiers, self.svc.store.url,
+                                           self.chunk_size),
+                                     daemon=True)
+            self._proc.start()
+            child.close()
+        return self._conn
+
+    def warm(self, cutoff: pd.Timestamp) -> int:
+        """Warm ``cutoff`` through the warm-up process; returns the number of accounts cached."""
+        conn = self._process()
+        conn.send(cutoff)
+        n = 0
+        while True:
+            # poll() with a timeout keeps stop() responsive; recv() releases the GIL on I/O.
+            while not conn.poll(0.5):
+                if self.stop_event.is_set() or not self._proc.is_alive():
+                    raise RuntimeError("warm-up process stopped")
+            msg = conn.recv()
+            if isinstance(msg, tuple):
+                kind, value = msg
+                if kind == "error":
+                    raise RuntimeError(f"warm-up process failed: {value}")
+                self.svc.cache.put(cutoff, {}, warmed=True)
+                return n
+            self.svc.cache.put(cutoff, dict(msg))
+            n += len(msg)
+            time.sleep(self.pause_seconds)
 
     def run(self) -> None:
         while not self.stop_event.is_set():
@@ -552,17 +643,27 @@ class CacheWarmer(threading.Thread):
             try:
                 for cutoff in (current, current + pd.Timedelta(self.svc.granularity)):
                     if not self.svc.cache.warmed(cutoff) and not self.stop_event.is_set():
-                        if self._query is None:
-                            self._query = OnlineFeatureQuery(self.svc.scorer.bundle.spec,
-                                                             self.svc.scorer.bundle.manifest)
                         t = time.perf_counter()
-                        n = warm_cache(self.svc, cutoff, self._query)
+                        n = self.warm(cutoff)
                         logger.info("feature cache warmed at %s: %d accounts in %.1f s",
                                     cutoff, n, time.perf_counter() - t)
             except Exception:  # a failed warm-up only costs cache misses; keep serving
                 logger.exception("feature cache warm-up failed")
             wait = (current - pd.Timestamp.now("UTC").tz_localize(None)).total_seconds()
             self.stop_event.wait(max(1.0, min(self.check_seconds, wait + 0.5)))
+
+    def stop(self) -> None:
+        """Stop the thread and the warm-up process."""
+        self.stop_event.set()
+        if self._conn is not None:
+            try:
+                self._conn.send(None)
+            except OSError:
+                pass
+        if self._proc is not None:
+            self._proc.join(10)
+            if self._proc.is_alive():
+                self._proc.kill()
 
 
 def _jsonable(obj):

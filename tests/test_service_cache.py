@@ -134,3 +134,35 @@ def test_warm_up_answers_exactly_what_the_uncached_path_answers(make_service):
     now_cached = warm_at_start.score([AccountIn(account_id=a) for a in accounts])
     if warm_at_start.cache.stats()["hits"] == hits + len(accounts):  # no 5-minute boundary crossed
         assert now_cached == plain.score([AccountIn(account_id=a) for a in accounts])
+
+
+def test_warm_up_process_fills_the_cache_with_the_uncached_answers(make_service):
+    """The next cutoff is warmed in a separate process; its entries answer like the uncached path."""
+    import os
+
+    from serving.service import AccountIn, CacheWarmer
+
+    plain = make_service(cache=False)
+    accounts = [f"acc{k}" for k in range(8)]
+    for k, acc in enumerate(accounts):
+        _ingest(plain, _messages(acc, k % 4, ["software", "retail", "fintech"][k % 3]))
+    ids = accounts + ["ghost"]
+    expected = _ask(plain, ids)
+
+    cached = make_service(cache=True)
+    assert not cached.cache.warmed(AS_OF)
+    # Chunks of 3 accounts: several messages, each with its own slice of the feature frame.
+    warmer = CacheWarmer(cached, 0, model_dir=os.environ["PQL_MODEL_DIR"], pause_seconds=0, chunk_size=3)
+    try:
+        assert warmer.warm(AS_OF) == len(accounts)
+    finally:
+        warmer.stop()
+    assert cached.cache.warmed(AS_OF) and not warmer._proc.is_alive()
+    before = cached.cache.stats()
+    assert _ask(cached, ids) == expected
+    after = cached.cache.stats()
+    assert after["hits"] - before["hits"] == len(accounts)
+    # /explain re-explains the row from the chunk's frame slice: equal to the uncached one.
+    for acc in ("acc0", "acc4", "acc7"):
+        one = AccountIn(account_id=acc, as_of=AS_OF)
+        assert cached.explain(one) == plain.explain(one)
