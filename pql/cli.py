@@ -564,6 +564,34 @@ def feedback_report_cmd(
 
 # --- end to end -----------------------------------------------------------------------------
 @app.command()
+def ingest(
+    data_dir: Annotated[Path, typer.Argument(help="Data directory to load (validated by the data contract first).")],
+    store_url: Annotated[str, typer.Option(help="SQLAlchemy URL of the service's event store (PQL_STORE_URL).")]
+    = "sqlite:///pql_events.db",
+) -> None:
+    """Backfill the service's event store from a data directory (history before live webhooks).
+
+    Users are resolved to accounts as in training; each gets a group call carrying its account's
+    traits, each event a track row. Re-running it stores nothing new (ids are deterministic).
+    """
+    from rich.progress import Progress
+
+    from features.contract import ContractError
+    from serving.backfill import backfill
+
+    try:
+        with Progress(transient=True) as bar:
+            task = bar.add_task("storing events", total=None)
+            result = backfill(data_dir, store_url, progress=lambda done, total: bar.update(task, completed=done,
+                                                                                         total=total))
+    except ContractError as e:
+        fail(str(e))
+    typer.echo(f"{result.stored:,} of {result.messages:,} rows stored in {store_url} "
+               f"({result.group_calls:,} group calls, {result.track_calls:,} events; "
+               f"{result.duplicates:,} already there)")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Working folder for the world, discovery, MLflow store and scores.")] = Path("demo"),
     accounts: Annotated[int, typer.Option(min=100, help="Accounts in the generated world.")] = 3000,

@@ -31,6 +31,7 @@ def run_demo(out: Path, *, accounts: int = 3000, seed: int = 42, top: int = 10,
     """
     from features.contract import load_dataset, validate
     from features.synthetic import generate_world
+    from serving.backfill import backfill
     from serving.batch import score_accounts
     from training.discover import discover, write_discovery
     from training.train import train_from_data_dir
@@ -47,27 +48,27 @@ def run_demo(out: Path, *, accounts: int = 3000, seed: int = 42, top: int = 10,
         console.rule(f"[bold]{name}")
         return time.perf_counter()
 
-    t = stage(f"1/5 Generate a product-led world ({accounts:,} accounts, seed {seed})")
+    t = stage(f"1/6 Generate a product-led world ({accounts:,} accounts, seed {seed})")
     summary = generate_world(world, n_accounts=accounts, seed=seed, progress=True)
     console.print(summary)
     timings["generate"] = time.perf_counter() - t
 
-    t = stage("2/5 Validate the data against the contract; resolve users to accounts")
+    t = stage("2/6 Validate the data against the contract; resolve users to accounts")
     console.print(validate(world, resolve=True).to_text())
     dataset = load_dataset(world)
     timings["validate"] = time.perf_counter() - t
 
-    t = stage("3/5 Discover the milestones that separate converters from non-converters")
+    t = stage("3/6 Discover the milestones that separate converters from non-converters")
     discovery = discover(dataset, progress=True)
     disc_dir = write_discovery(discovery, out / "discovery")
     console.print(f"recommended milestones written to {out / 'discovery' / 'milestones.yaml'}")
     timings["discover"] = time.perf_counter() - t
 
-    t = stage("4/5 Train, calibrate, compare with baselines, register in MLflow")
+    t = stage("4/6 Train, calibrate, compare with baselines, register in MLflow")
     result = train_from_data_dir(world, out / "discovery" / "milestones.yaml", tracking_uri=tracking_uri)
     timings["train"] = time.perf_counter() - t
 
-    t = stage("5/5 Score every account with the champion model")
+    t = stage("5/6 Score every account with the champion model")
     batch = score_accounts(world, tracking_uri=tracking_uri)
     scores, unscored = batch.scores, batch.unscored
     scores_path = out / "scores.csv"
@@ -85,9 +86,21 @@ def run_demo(out: Path, *, accounts: int = 3000, seed: int = 42, top: int = 10,
     if len(unscored):
         console.print(f"{len(unscored)} accounts could not be scored (listed with reasons in {out / 'unscored.csv'})")
         unscored.to_csv(out / "unscored.csv", index=False)
+    t = stage("6/6 Load the events into the service's event store (what the webhooks would have sent)")
+    store_url = f"sqlite:///{out / 'events.db'}"
+    loaded = backfill(world, store_url)
+    console.print(f"{loaded.stored:,} new rows in {store_url} ({loaded.track_calls:,} events, "
+                  f"{loaded.group_calls:,} user-account links)")
+    timings["event store"] = time.perf_counter() - t
     console.print(f"timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+
     console.rule("[bold]Next")
     console.print(f"MLflow UI:     .venv/bin/mlflow ui --backend-store-uri {tracking_uri}")
-    console.print(f"Start service: MLFLOW_TRACKING_URI={tracking_uri} PQL_API_TOKEN=... PQL_WRITE_KEY=... "
-                  f".venv/bin/pql serve --data {world}")
+    console.print(f"Start service: PQL_API_TOKEN=secret PQL_WRITE_KEY=wk .venv/bin/pql serve "
+                  f"--tracking-uri {tracking_uri} --store-url {store_url}")
+    best = scored["account_id"].iloc[0] if len(scored) else "ACCOUNT_ID"
+    console.print("Score one:     curl -s -H 'Authorization: Bearer secret' -H 'content-type: application/json' "
+                  f"-d '{{\"accounts\": [{{\"account_id\": \"{best}\"}}]}}' http://127.0.0.1:3000/score")
+    console.print(f"Explain one:   .venv/bin/pql explain {world} {best} --tracking-uri {tracking_uri} "
+                  f"--html {out / 'explain.html'}")
     return {"timings": timings, "scores": str(scores_path), "disc_dir": str(disc_dir), "result": result}

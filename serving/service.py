@@ -548,6 +548,12 @@ def _warm_in_child(conn, model_dir: str, tiers: dict | None, store_url: str,
     """
     import types
 
+    # Background work: lowest CPU priority, so on a busy host the serving worker (the other
+    # process on these cores) is scheduled first and request latency does not pay for it.
+    try:
+        os.nice(19)
+    except OSError:  # not permitted on some platforms; only a priority hint
+        pass
     bundle = load_bundle(model_dir, tiers=tiers)
     scorer = Scorer(bundle)
     svc = types.SimpleNamespace(scorer=scorer, explainer=Explainer(scorer),

@@ -47,6 +47,23 @@ messages = sa.Table(
 sa.Index("ix_messages_account", messages.c.account_id)
 sa.Index("ix_messages_user", messages.c.user_id)
 
+#: Per-account change counter, bumped in the same transaction as every message that can change
+#: the account's features (see :meth:`EventStore.watermarks`): reading it is one primary-key
+#: lookup per account instead of a join over the account's members' messages.
+account_watermarks = sa.Table(
+    "account_watermarks", metadata,
+    sa.Column("account_id", sa.String(255), primary_key=True),
+    sa.Column("messages", sa.Integer, nullable=False),  # messages that touched the account
+    sa.Column("top_seq", sa.Integer, nullable=False),  # newest such message's seq
+)
+
+#: Every (user, account) pair a group call ever linked: whose messages move whose watermark.
+memberships = sa.Table(
+    "memberships", metadata,
+    sa.Column("user_id", sa.String(255), primary_key=True),
+    sa.Column("account_id", sa.String(255), primary_key=True),
+)
+
 #: What sales thinks of a lead: the check on milestone-based scores.
 feedback = sa.Table(
     "feedback", metadata,
@@ -103,17 +120,43 @@ def make_engine(url: str = DEFAULT_URL) -> Engine:
     return engine
 
 
-def _insert(engine: Engine, table: sa.Table):
-    # ON CONFLICT DO NOTHING exists in both dialects we support; other databases fall back to
-    # a plain insert guarded by the unique constraint (a duplicate then fails the batch).
+def _dialect_insert(engine: Engine):
     name = engine.dialect.name
     if name == "sqlite":
         from sqlalchemy.dialects.sqlite import insert
     elif name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:  # pragma: no cover - not a supported production database
+        return None
+    return insert
+
+
+def _insert(engine: Engine, table: sa.Table, key: Sequence[str] = ("message_id",)):
+    # ON CONFLICT DO NOTHING exists in both dialects we support; other databases fall back to
+    # a plain insert guarded by the unique constraint (a duplicate then fails the batch).
+    insert = _dialect_insert(engine)
+    if insert is None:  # pragma: no cover
         return sa.insert(table)
-    return insert(table).on_conflict_do_nothing(index_elements=["message_id"])
+    return insert(table).on_conflict_do_nothing(index_elements=list(key))
+
+
+def _bump(engine: Engine):
+    """Upsert adding to an account's watermark (count added, newest seq kept)."""
+    insert = _dialect_insert(engine)
+    if insert is None:  # pragma: no cover - not a supported production database
+        raise NotImplementedError(f"watermarks need SQLite or PostgreSQL, not {engine.dialect.name}")
+    t = account_watermarks
+    stmt = insert(t)
+    return stmt.on_conflict_do_update(index_elements=["account_id"], set_={
+        "messages": t.c.messages + stmt.excluded.messages,
+        "top_seq": sa.case((stmt.excluded.top_seq > t.c.top_seq, stmt.excluded.top_seq),
+                           else_=t.c.top_seq)})
+
+
+def _chunks(items: list, size: int = 500):
+    # SQLite limits bound parameters per statement.
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
 
 
 class EventStore:
@@ -138,6 +181,7 @@ class EventStore:
         self.url = url
         self.engine = make_engine(url)
         metadata.create_all(self.engine)
+        self._backfill_watermarks()
 
     # --- writing ---------------------------------------------------------------------------
     def append(self, rows: Sequence[dict]) -> AppendResult:
@@ -164,10 +208,59 @@ class EventStore:
         # RETURNING reports exactly the rows this transaction inserted; a count before and
         # after would need a read snapshot, which in WAL mode turns a concurrent writer's
         # commit into SQLITE_BUSY_SNAPSHOT instead of a wait.
-        stmt = _insert(self.engine, messages).returning(messages.c.message_id)
+        stmt = _insert(self.engine, messages).returning(messages.c.message_id, messages.c.seq)
         with self.engine.begin() as conn:
-            stored = len(conn.execute(stmt, unique_rows).all())
-        return AppendResult(received, stored)
+            inserted = {mid: seq for mid, seq in conn.execute(stmt, unique_rows)}
+            if inserted:
+                # Same transaction: a committed message always has moved its watermarks.
+                self._bump_watermarks(conn, [r for r in unique_rows if r["message_id"] in inserted],
+                                      inserted)
+        return AppendResult(received, len(inserted))
+
+    def _bump_watermarks(self, conn, rows: list[dict], seqs: dict[str, int]) -> None:
+        links = sorted({(r["user_id"], r["account_id"]) for r in rows
+                        if r["type"] == "group" and r["user_id"] and r["account_id"]})
+        if links:
+            conn.execute(_insert(self.engine, memberships, ("user_id", "account_id")),
+                         [{"user_id": u, "account_id": a} for u, a in links])
+        users = sorted({r["user_id"] for r in rows if r["user_id"]})
+        joined: dict[str, set[str]] = {}
+        for chunk in _chunks(users):
+            q = sa.select(memberships.c.user_id, memberships.c.account_id).where(
+                memberships.c.user_id.in_(chunk))
+            for u, a in conn.execute(q):
+                joined.setdefault(u, set()).add(a)
+        bumps: dict[str, list[int]] = {}
+        for r in rows:
+            seq = seqs[r["message_id"]]
+            targets = set(joined.get(r["user_id"], ()))
+            if r["account_id"]:
+                targets.add(r["account_id"])
+            for acc in targets:
+                b = bumps.setdefault(acc, [0, 0])
+                b[0] += 1
+                b[1] = max(b[1], seq)
+        if bumps:
+            # Sorted keys: concurrent PostgreSQL writers lock rows in one order (no deadlock).
+            conn.execute(_bump(self.engine), [{"account_id": a, "messages": n, "top_seq": top}
+                                              for a, (n, top) in sorted(bumps.items())])
+
+    def _backfill_watermarks(self) -> None:
+        """Fill the watermark and membership tables of a store written before they existed."""
+        with self.engine.begin() as conn:
+            if conn.execute(sa.select(account_watermarks.c.account_id).limit(1)).first() is not None:
+                return
+            if conn.execute(sa.select(messages.c.seq).limit(1)).first() is None:
+                return
+            g = messages
+            conn.execute(_insert(self.engine, memberships, ("user_id", "account_id")).from_select(
+                ["user_id", "account_id"],
+                sa.select(g.c.user_id, g.c.account_id).distinct().where(
+                    g.c.type == "group", g.c.user_id.is_not(None), g.c.account_id.is_not(None))))
+            rows = [{"account_id": a, "messages": n, "top_seq": top}
+                    for a, (n, top) in sorted(self._scan_watermarks(conn).items())]
+            for chunk in _chunks(rows, 5000):
+                conn.execute(_bump(self.engine), chunk)
 
     def add_feedback(self, account_id: str, verdict: str, note: str | None = None,
                      rep: str | None = None, score: float | None = None,
@@ -244,36 +337,43 @@ class EventStore:
 
         That is every message naming the account (its events, its group calls and traits) and
         every message of a user who ever joined it with a group call (their events, and a later
-        group call moving them elsewhere). The store is append-only, so any commit touching the
-        account changes the pair; the count also catches a PostgreSQL transaction that commits a
+        group call moving them elsewhere). The pair is kept in ``account_watermarks`` and bumped
+        by :meth:`append` in the same transaction as the messages, so any commit touching the
+        account changes it; the count also catches a PostgreSQL transaction that commits a
         smaller ``seq`` after a larger one. Over-inclusive on purpose (a user's event explicitly
         naming another account still moves it): a watermark may change needlessly, never stay
         put when the account's features changed.
 
-        Two grouped queries on the ``account_id`` and ``user_id`` indexes; accounts without any
-        message are absent from the result. ``None`` covers every account in the store.
+        One primary-key lookup per account; accounts without any message are absent from the
+        result. ``None`` covers every account in the store.
         """
-        m, g = messages, messages.alias("g")
+        t = account_watermarks
+        q = sa.select(t.c.account_id, t.c.messages, t.c.top_seq)
+        with self.engine.connect() as conn:
+            if account_ids is None:
+                return {a: (int(n), int(top)) for a, n, top in conn.execute(q)}
+            out: dict[str, tuple[int, int]] = {}
+            for chunk in _chunks(list(dict.fromkeys(account_ids))):
+                out.update({a: (int(n), int(top))
+                            for a, n, top in conn.execute(q.where(t.c.account_id.in_(chunk)))})
+            return out
+
+    @staticmethod
+    def _scan_watermarks(conn) -> dict[str, tuple[int, int]]:
+        # The definition of a watermark computed from the messages themselves (backfill).
+        m, ms = messages, memberships
         by_account = sa.select(m.c.account_id, sa.func.count(), sa.func.max(m.c.seq)).where(
             m.c.account_id.is_not(None)).group_by(m.c.account_id)
-        by_member = (sa.select(g.c.account_id, sa.func.count(), sa.func.max(m.c.seq))
-                     .select_from(g.join(m, m.c.user_id == g.c.user_id))
-                     .where(g.c.type == "group", g.c.account_id.is_not(None))
-                     .group_by(g.c.account_id))
-        if account_ids is not None:
-            ids = list(dict.fromkeys(account_ids))
-            if not ids:
-                return {}
-            by_account = by_account.where(m.c.account_id.in_(ids))
-            by_member = by_member.where(g.c.account_id.in_(ids))
+        by_member = (sa.select(ms.c.account_id, sa.func.count(), sa.func.max(m.c.seq))
+                     .select_from(ms.join(m, m.c.user_id == ms.c.user_id))
+                     .where(sa.or_(m.c.account_id.is_(None), m.c.account_id != ms.c.account_id))
+                     .group_by(ms.c.account_id))
         out: dict[str, tuple[int, int]] = {}
-        # One connection, one read transaction: both counts come from the same snapshot.
-        with self.engine.connect() as conn:
-            for acc, n, top in conn.execute(by_account):
-                out[acc] = (int(n), int(top))
-            for acc, n, top in conn.execute(by_member):
-                n0, top0 = out.get(acc, (0, 0))
-                out[acc] = (n0 + int(n), max(top0, int(top)))
+        for acc, n, top in conn.execute(by_account):
+            out[acc] = (int(n), int(top))
+        for acc, n, top in conn.execute(by_member):
+            n0, top0 = out.get(acc, (0, 0))
+            out[acc] = (n0 + int(n), max(top0, int(top)))
         return out
 
     def account_traits(self, account_ids: Iterable[str] | None = None) -> dict[str, dict]:

@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.batch import (HUBSPOT, SALESFORCE, BatchScores, explain_account, parse_cutoff,
+from serving.batch import (HUBSPOT, SALESFORCE, BatchScores, account_activity, explain_account,
+                           parse_cutoff,
                            score_accounts, score_frame, to_format, write_scores)
 from serving.explain import Explainer, reason_line
 from serving_fixtures import shared_bundle, shared_scorer
@@ -149,6 +150,39 @@ def test_events_after_as_of_do_not_change_the_scores(run, world, tmp_path):
     a4 = later.scores.set_index("account_id").loc["a4"]
     assert {"created_project", "invited_teammate", "added_seats"} <= set(a4["milestones_reached"].split(";"))
     assert "late" in set(later.scores["account_id"])
+
+
+def test_a_row_does_not_depend_on_the_other_accounts_of_the_batch(run, tmp_path):
+    """The whole event frame goes through the pipeline at once: an account's row must be the
+    one it gets when its events are the only ones (other accounts' events, converted accounts
+    and events after T included in the batch change nothing)."""
+    ev = _events()
+    _write_world(tmp_path / "alone", ev[ev["account_id"] == "a1"])
+    alone = score_accounts(tmp_path / "alone", as_of=T, scorer=shared_scorer(), log_to_mlflow=False)
+    assert list(alone.scores["account_id"]) == ["a1"]
+    cols = ["probability", "score", "tier", "top_reasons", "next_best_milestone", "milestones_reached"]
+    pd.testing.assert_series_equal(alone.scores[cols].iloc[0],
+                                   run.scores.set_index("account_id").loc["a1", cols], check_names=False)
+
+
+def test_account_activity_first_event_and_activity_before_the_cutoff():
+    ev = pd.DataFrame({
+        "account_id": pd.array(["x", "x", "y", None, "z"], dtype="string"),
+        "timestamp": pd.to_datetime(["2024-05-01", "2024-07-01", "2024-06-01", "2024-01-01",
+                                     "2024-06-02"]).astype("datetime64[us]")})
+    act = account_activity(ev, T).set_index("account_id")
+    assert sorted(act.index) == ["x", "y", "z"]  # no row for the events without an account
+    assert act.loc["x", "first_event"] == pd.Timestamp("2024-05-01")
+    # y's only event is at T exactly: not before T
+    assert act["active"].to_dict() == {"x": True, "y": False, "z": False}
+    assert account_activity(ev.iloc[0:0], T).empty
+
+
+def test_run_reports_its_stage_timings(run):
+    assert list(run.timings) == ["load model", "load + validate", "identity resolution",
+                                 "eligible accounts", "features", "scoring with reasons",
+                                 "MLflow log", "CRM format"]
+    assert all(v >= 0 for v in run.timings.values())
 
 
 def test_default_cutoff_is_just_after_the_newest_event(world):

@@ -136,6 +136,7 @@ def test_warm_up_answers_exactly_what_the_uncached_path_answers(make_service):
         assert now_cached == plain.score([AccountIn(account_id=a) for a in accounts])
 
 
+@pytest.mark.slow  # spawns the warm-up process (~20 s of imports on a busy host)
 def test_warm_up_process_fills_the_cache_with_the_uncached_answers(make_service):
     """The next cutoff is warmed in a separate process; its entries answer like the uncached path."""
     import os

@@ -93,3 +93,57 @@ def test_two_processes_write_overlapping_batches(tmp_path):
     store = EventStore(url)
     assert store.count() == 300
     assert store.events()["message_id"].is_unique
+
+
+def _group(i, user, account, ts=None):
+    return {"message_id": f"g{i}", "type": "group", "user_id": user, "account_id": account,
+            "timestamp": ts or dt.datetime(2024, 1, 1), "traits": "{}"}
+
+
+def test_watermarks_move_with_every_commit_that_can_change_an_account(tmp_path):
+    store = EventStore(f"sqlite:///{tmp_path / 'e.db'}")
+    store.append([_group(1, "u1", "acme"), _msg(1, account="acme", user="u1"),
+                  _msg(2, account="other", user="u2")])
+    w0 = store.watermarks()
+    assert set(w0) == {"acme", "other"} and store.watermarks(["acme", "nobody"]) == {"acme": w0["acme"]}
+
+    store.append([_msg(3, account=None, user="u1")])  # a member's event without an account
+    w1 = store.watermarks()
+    assert w1["acme"] != w0["acme"] and w1["other"] == w0["other"]
+
+    store.append([_msg(3, account=None, user="u1")])  # a duplicate changes nothing
+    assert store.watermarks() == w1
+
+    bad = _msg(9, account="other", user="u2")
+    bad["timestamp"] = None
+    with pytest.raises(sa.exc.IntegrityError):
+        store.append([_msg(8, account="other", user="u2"), bad])
+    assert store.watermarks() == w1  # rolled back together with the messages
+
+    # u3's earlier event counts for acme once u3 joins: the join moves acme, not "other".
+    store.append([_msg(4, account=None, user="u3")])
+    w2 = store.watermarks()
+    store.append([_group(2, "u3", "acme")])
+    w3 = store.watermarks()
+    assert w3["acme"] != w2["acme"] and w3["other"] == w2["other"]
+    # u1 moves to "other": both accounts' features change, both watermarks move.
+    store.append([_group(3, "u1", "other", ts=dt.datetime(2024, 2, 1))])
+    w4 = store.watermarks()
+    assert w4["acme"] != w3["acme"] and w4["other"] != w3["other"]
+
+
+def test_a_store_written_before_the_watermark_table_is_backfilled(tmp_path):
+    db = tmp_path / "e.db"
+    store = EventStore(f"sqlite:///{db}")
+    store.append([_group(1, "u1", "acme"), _msg(1, account=None, user="u1"),
+                  _msg(2, account="other", user="u2")])
+    expected = store.watermarks()
+    con = sqlite3.connect(db)
+    con.execute("DROP TABLE account_watermarks")
+    con.execute("DROP TABLE memberships")
+    con.commit()
+    con.close()
+    reopened = EventStore(f"sqlite:///{db}")
+    assert reopened.watermarks() == expected
+    reopened.append([_msg(3, account=None, user="u1")])  # memberships were backfilled too
+    assert reopened.watermarks()["acme"] != expected["acme"]
