@@ -313,26 +313,34 @@ def _scan_events(events: pd.DataFrame) -> dict[str, pd.DataFrame]:
             "where user_id is not null and account_id is not null group by all"
         ).df()
         # Only rows that mention a key are parsed; try() turns malformed JSON into null.
+        # Grouped in SQL: nearly every product event carries a workspace_id, and returning one
+        # row per event (10M+) to pandas only to deduplicate it there cost 4x the whole scan.
+        # Ordered by first appearance so workspace codes do not depend on DuckDB's scan order.
         props = con.execute(
             """
-            select user_id,
-                   try(json_extract_string(properties, '$.workspace_id')) as workspace_id,
-                   try(json_extract_string(properties, '$.invitee_email')) as invitee_email,
-                   try(json_extract_string(properties, '$.company')) as company
-            from ev
-            where user_id is not null and properties is not null
-              and (contains(properties, 'workspace_id') or contains(properties, 'invitee_email')
-                   or contains(properties, 'company'))
+            select user_id, workspace_id, invitee_email, company, count(*) as n, min(row) as first
+            from (
+                select user_id, row,
+                       try(json_extract_string(properties, '$.workspace_id')) as workspace_id,
+                       try(json_extract_string(properties, '$.invitee_email')) as invitee_email,
+                       try(json_extract_string(properties, '$.company')) as company
+                from ev
+                where user_id is not null and properties is not null
+                  and (contains(properties, 'workspace_id') or contains(properties, 'invitee_email')
+                       or contains(properties, 'company'))
+            )
+            group by all
+            order by first
             """
         ).df()
     finally:
         con.close()
     for c in ("workspace_id", "invitee_email", "company"):
         props[c] = _col(props, c)
-    out["workspaces"] = props.loc[props.workspace_id.notna(), ["user_id", "workspace_id"]]
+    out["workspaces"] = props.loc[props.workspace_id.notna(), ["user_id", "workspace_id"]].drop_duplicates()
     out["invites"] = props.loc[props.invitee_email.notna(), ["user_id", "invitee_email"]].drop_duplicates()
-    comp = props.loc[props.company.notna(), ["user_id", "company"]]
-    comp = comp.groupby(["user_id", "company"], sort=False).size().rename("n").reset_index()
+    comp = props.loc[props.company.notna(), ["user_id", "company", "n"]]
+    comp = comp.groupby(["user_id", "company"], sort=False)["n"].sum().rename("n").reset_index()
     out["companies"] = _pick_top(comp, "user_id", "company", "n")[["user_id", "company"]]
     return out
 
