@@ -20,11 +20,11 @@ from __future__ import annotations
 import datetime as dt
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 CATEGORIES = ("activation", "adoption", "collaboration", "expansion")
 Category = Literal["activation", "adoption", "collaboration", "expansion"]
@@ -33,6 +33,16 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 class SpecError(ValueError):
     """A milestone file that cannot be used; the message names the offending entry."""
+
+
+def _identifier(v: str) -> str:
+    # Names become feature column names (ms__<name>__reached), so they must be identifiers.
+    if not _NAME.match(v):
+        raise ValueError("must be lower_snake_case (letters, digits, underscores)")
+    return v
+
+
+Identifier = Annotated[str, AfterValidator(_identifier)]
 
 
 class _Strict(BaseModel):
@@ -93,7 +103,7 @@ class Settings(_Strict):
 class Milestone(_Strict):
     """One milestone: a rule over an account's events that marks value realised."""
 
-    name: str
+    name: Identifier
     category: Category
     label: str
     event: str | list[str]
@@ -103,13 +113,6 @@ class Milestone(_Strict):
     min_users: int = Field(1, ge=1)
     points: float = 10.0
     description: str | None = None
-
-    @field_validator("name")
-    @classmethod
-    def _name_is_identifier(cls, v: str) -> str:
-        if not _NAME.match(v):
-            raise ValueError("must be lower_snake_case (letters, digits, underscores)")
-        return v
 
     @field_validator("event")
     @classmethod
@@ -127,18 +130,11 @@ class Milestone(_Strict):
 class Sequence(_Strict):
     """An ordered list of milestones completed in order within ``within_days``."""
 
-    name: str
+    name: Identifier
     steps: list[str] = Field(min_length=2)
     within_days: int = Field(ge=1)
     label: str | None = None
     points: float = 10.0
-
-    @field_validator("name")
-    @classmethod
-    def _name_is_identifier(cls, v: str) -> str:
-        if not _NAME.match(v):
-            raise ValueError("must be lower_snake_case (letters, digits, underscores)")
-        return v
 
     @property
     def wording(self) -> str:
