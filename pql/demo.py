@@ -11,6 +11,7 @@ import os
 import time
 from pathlib import Path
 
+import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
@@ -99,8 +100,14 @@ def run_demo(out: Path, *, accounts: int = 3000, seed: int = 42, top: int = 10,
     console.print(f"Start service: PQL_API_TOKEN=secret PQL_WRITE_KEY=wk .venv/bin/pql serve "
                   f"--tracking-uri {tracking_uri} --store-url {store_url}")
     best = scored["account_id"].iloc[0] if len(scored) else "ACCOUNT_ID"
+    # The generated world ends in the past; without as_of the service scores "now", when every
+    # account has long gone quiet. Ask for the same cutoff the batch scores used.
+    as_of = pd.Timestamp(batch.cutoff).strftime("%Y-%m-%dT%H:%M:%S")
     console.print("Score one:     curl -s -H 'Authorization: Bearer secret' -H 'content-type: application/json' "
-                  f"-d '{{\"accounts\": [{{\"account_id\": \"{best}\"}}]}}' http://127.0.0.1:3000/score")
+                  f"-d '{{\"accounts\": [{{\"account_id\": \"{best}\", \"as_of\": \"{as_of}\"}}]}}' "
+                  "http://127.0.0.1:3000/score")
+    console.print(f"               (as_of = the batch cutoff: the generated world's events end there; "
+                  "leave it out to score as of now)")
     console.print(f"Explain one:   .venv/bin/pql explain {world} {best} --tracking-uri {tracking_uri} "
                   f"--html {out / 'explain.html'}")
     return {"timings": timings, "scores": str(scores_path), "disc_dir": str(disc_dir), "result": result}
