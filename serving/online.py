@@ -21,14 +21,18 @@ compare the result with ``online_features`` row for row.
 from __future__ import annotations
 
 import functools
+import json
+import math
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import duckdb
 import ibis
 import ibis.expr.operations as ops
+import numpy as np
 import pandas as pd
 
 from features.pipeline import (ACCOUNT_RESERVED, CONVERSION_COLUMNS, EVENT_COLUMNS, LABEL_COLUMN,
@@ -226,6 +230,111 @@ class OnlineFeatureQuery:
         self._con.close()
 
 
+# --- pre-serialised answers ------------------------------------------------------------------
+def _plain(obj):
+    """``obj`` with numpy scalars as Python numbers and non-finite floats as None (JSON null)."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items() if not (isinstance(k, str) and k.startswith("_"))}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+def dump_json(obj) -> bytes:
+    """Compact UTF-8 JSON of a JSON-ready answer (the bytes /score sends for it).
+
+    numpy scalars become numbers, NaN and infinities ``null`` (as pydantic, which serialised
+    /score answers before, writes them), keys starting with ``_`` are left out.
+    """
+    return json.dumps(_plain(obj), separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+                      default=_json_default).encode()
+
+
+def _json_default(value):
+    if value is pd.NA or value is pd.NaT:
+        return None
+    if hasattr(value, "isoformat"):  # datetime, date, Timestamp: ISO 8601 like pydantic
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+class Answer(Mapping):
+    """One /score answer held as its serialised JSON; a read-only mapping parsed on first access.
+
+    The per-worker cache keeps every account's answer as these bytes: a cache hit is then
+    answered by concatenating bytes (no ``model_dump`` / ``json.dumps`` of a ~2 KB nested dict
+    per account), unpickling a warm-up chunk from the warm-up process is a bytes copy instead
+    of thousands of small dicts (the GIL time that made /score's tail), and the cyclic GC has
+    nothing to walk. Direct Python callers still read it like the dict it encodes (``a["score"]``,
+    ``a == other``, ``dict(a)``).
+
+    Examples
+    --------
+    >>> a = Answer.of({"account_id": "a1", "score": 40, "probability": float("nan")})
+    >>> a.json
+    b'{"account_id":"a1","score":40,"probability":null}'
+    >>> a["score"], a == {"account_id": "a1", "score": 40, "probability": None}
+    (40, True)
+    """
+
+    __slots__ = ("json", "_data")
+
+    def __init__(self, json_bytes: bytes):
+        self.json = bytes(json_bytes)
+        self._data = None
+
+    @classmethod
+    def of(cls, obj) -> "Answer":
+        """The answer of a JSON-ready dict (see :func:`dump_json`)."""
+        return obj if isinstance(obj, Answer) else cls(dump_json(obj))
+
+    def data(self) -> dict:
+        """The answer as a plain (new) dict."""
+        return json.loads(self.json)
+
+    def _parsed(self) -> dict:
+        if self._data is None:
+            self._data = json.loads(self.json)
+        return self._data
+
+    def __getitem__(self, key):
+        return self._parsed()[key]
+
+    def __iter__(self):
+        return iter(self._parsed())
+
+    def __len__(self) -> int:
+        return len(self._parsed())
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, Answer):
+            return self.json == other.json or self._parsed() == other._parsed()
+        if isinstance(other, Mapping):
+            return self._parsed() == dict(other)
+        return NotImplemented
+
+    __hash__ = None
+
+    def __reduce__(self):
+        # Only the bytes cross a process boundary (the warm-up process), never the parsed dict.
+        return (Answer, (self.json,))
+
+    def __repr__(self) -> str:
+        return f"Answer({self.json[:80]!r}{'...' if len(self.json) > 80 else ''})"
+
+
+def answers_json(answers) -> bytes:
+    """The JSON array of ``answers`` (:class:`Answer` or JSON-ready dicts), by concatenation."""
+    return b"[" + b",".join(Answer.of(a).json for a in answers) + b"]"
+
+
 # --- the per-worker cache of features and answers ------------------------------------------
 @dataclass
 class CachedScore:
@@ -239,14 +348,19 @@ class CachedScore:
         The feature batch holding the account's row (``None`` when it could not be scored).
     position : int
         The row's position in ``frame``.
-    result : dict
-        The JSON-ready /score answer (or ``{"account_id", "error"}``).
+    result : Answer
+        The /score answer (or ``{"account_id", "error"}``), pre-serialised; a JSON-ready dict
+        given here is serialised once.
     """
 
     watermark: tuple[int, int]
     frame: pd.DataFrame | None
     position: int
-    result: dict
+    result: Answer
+
+    def __post_init__(self):
+        if not isinstance(self.result, Answer):
+            self.result = Answer.of(self.result)
 
 
 class FeatureCache:

@@ -12,15 +12,21 @@ Run with ``pql serve`` (imports the champion into the Bento model store, then
 ``PQL_MAX_EVENTS`` / ``PQL_MAX_BODY_BYTES``  request limits
 ``PQL_CUTOFF_GRANULARITY``  "now" (no ``as_of``) is rounded up to this (default ``5min``)
 ``PQL_FEATURE_CACHE``  ``0`` turns the per-worker feature cache off (default on)
+``PQL_ANSWER_CACHE``  ``0``: cache features only; model and reasons computed per request
+                     (default on: /score answers cache hits with the stored answer)
 ``PQL_CACHE_REFRESH_SECONDS``  how often the cache warmer checks the current/next cutoff
                      (default 30; ``0``: warm only at start-up)
+``PQL_CACHE_WARM_LEAD_SECONDS``  the next cutoff is warmed only this long before it becomes the
+                     default one (default 90: the last 90 s of each 5-minute window)
 
 Scoring by account id goes through a per-worker cache of the pipeline's features and answers,
 keyed by (cutoff, account, the account's event-store watermark): a request reads the
 watermarks of its accounts (one indexed query), answers the unchanged ones from the cache and
 computes the rest with the pipeline's compiled query in one batch. The cache is warmed for
-every account of the store at start-up and, for each new "now" cutoff, by a separate warm-up
-process (so its work never holds the serving worker's GIL).
+every account of the store at start-up and, shortly before each new "now" cutoff, by a
+separate warm-up process (so its work never holds the serving worker's GIL). Answers are
+cached as their serialised JSON (:class:`serving.online.Answer`): /score sends cache hits by
+concatenating bytes.
 
 ``/livez``, ``/readyz`` and ``/metrics`` stay open (BentoML's own endpoints).
 """
@@ -36,19 +42,21 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import bentoml
 import numpy as np
+# BentoML's root IO model (not re-exported by ``bentoml``): /score's output spec subclasses it.
+from _bentoml_sdk.io_models import IORootModel
 import pandas as pd
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, WithJsonSchema
 
 from serving.explain import Explainer, render_html
 from serving.ingest import MAX_BODY_BYTES, MAX_EVENTS_PER_REQUEST, IngestError, accounts_frame, parse_request
 from serving.model import ModelError, Scorer, check_manifest, load_bundle
-from serving.online import CachedScore, FeatureCache, OnlineFeatureQuery
+from serving.online import Answer, CachedScore, FeatureCache, OnlineFeatureQuery, answers_json
 from serving.store import DEFAULT_URL, EventStore
 
 logger = logging.getLogger("pql.serving")
@@ -88,6 +96,25 @@ class FeedbackIn(BaseModel):
     verdict: Literal["good", "bad"]
     note: str | None = Field(None, max_length=5000)
     rep: str | None = None
+
+
+class ScoreAnswers(IORootModel[Annotated[list[Any], WithJsonSchema(
+        {"type": "array", "items": {"type": "object"}})]]):
+    """/score's output: a JSON array of answers, written by concatenating pre-serialised answers.
+
+    BentoML's default output path validates ``list[dict]`` with pydantic, dumps it to Python
+    objects and serialises them again: for a 100-id batch, ~200 KB of nested dicts walked
+    twice per request. Each :class:`~serving.online.Answer` already holds its JSON (cached
+    answers were serialised once, when computed), so the response body is their concatenation;
+    BentoML sends ``bytes`` returned by ``model_dump()`` as the body as is. The JSON clients
+    receive is the same array of objects as before.
+    """
+
+    def model_dump(self, **kwargs):
+        """The response body (``bytes``); with arguments, pydantic's own dump."""
+        if kwargs:
+            return super().model_dump(**kwargs)
+        return answers_json(self.root)
 
 
 # --- auth and limits: one ASGI middleware in front of everything ---------------------------
@@ -215,6 +242,9 @@ class PQLScorer:
 
     def _setup(self) -> None:
         _required_env("PQL_API_TOKEN")
+        if os.environ.get("PQL_EXP_SWITCH"):  # EXPERIMENT, remove
+            import sys
+            sys.setswitchinterval(float(os.environ["PQL_EXP_SWITCH"]))
         _required_env("PQL_WRITE_KEY")
         model_dir = os.environ.get("PQL_MODEL_DIR") or self.bundle_ref.path
         tiers = json.loads(os.environ["PQL_TIERS"]) if os.environ.get("PQL_TIERS") else None
@@ -235,6 +265,7 @@ class PQLScorer:
                                "such as 1min or 5min") from None
         self.cache = None
         self.warmer = None
+        self.answer_cache = os.environ.get("PQL_ANSWER_CACHE", "1") != "0"
         if os.environ.get("PQL_FEATURE_CACHE", "1") != "0":
             self.cache = FeatureCache()
             # Warm before the worker reports ready: the first requests then hit the cache.
@@ -245,7 +276,9 @@ class PQLScorer:
             _freeze_heap()
             refresh = float(os.environ.get("PQL_CACHE_REFRESH_SECONDS", "30"))
             if refresh > 0:
-                self.warmer = CacheWarmer(self, refresh, model_dir=str(model_dir), tiers=tiers)
+                lead = float(os.environ.get("PQL_CACHE_WARM_LEAD_SECONDS", WARM_LEAD_SECONDS))
+                self.warmer = CacheWarmer(self, refresh, model_dir=str(model_dir), tiers=tiers,
+                                          lead_seconds=lead)
                 self.warmer.start()
         logger.info("serving %s with store %s", bundle.version, self.store.url)
 
@@ -258,9 +291,12 @@ class PQLScorer:
     # max_latency_ms is BentoML's load-shedding bound (503 beyond it), not the latency target:
     # at 200 ms a busy 2-core host shed most requests at 8 clients. One request may carry up to
     # max_batch_size accounts (batch scoring sends 100 ids per request).
-    @bentoml.api(batchable=True, max_batch_size=1000, max_latency_ms=10_000)
-    def score(self, accounts: list[AccountIn]) -> list[dict]:
-        """Probability, score 0-100, tier, milestones reached, top reasons, next-best milestones."""
+    @bentoml.api(batchable=True, max_batch_size=1000, max_latency_ms=10_000, output_spec=ScoreAnswers)
+    def score(self, accounts: list[AccountIn]) -> list[Answer]:
+        """Probability, score 0-100, tier, milestones reached, top reasons, next-best milestones.
+
+        Each answer is an :class:`~serving.online.Answer` (a read-only mapping over its JSON).
+        """
         return score_accounts_online(self, accounts, with_all=False)
 
     @bentoml.api
@@ -371,14 +407,16 @@ def _cutoff(acc: AccountIn, default: pd.Timestamp) -> pd.Timestamp:
     return t.tz_convert("UTC").tz_localize(None) if t.tzinfo else t
 
 
-def score_accounts_online(svc, accounts: list[AccountIn], with_all: bool = False) -> list[dict]:
+def score_accounts_online(svc, accounts: list[AccountIn], with_all: bool = False) -> list[Answer]:
     """Score a batch of accounts the way /score does (features from the store or inline).
 
     Accounts that cannot be scored get ``{"account_id", "error"}`` in their place, so one bad
     account never fails the others in an adaptive batch. Accounts by id are answered from the
     worker's :class:`~serving.online.FeatureCache` when their store watermark is unchanged.
+    Every answer is an :class:`~serving.online.Answer` (its JSON plus dict-like access),
+    serialised the same way whether it came from the cache or was just computed.
     """
-    return [r if isinstance(r, dict) else _jsonable(r.to_dict())
+    return [Answer.of(r if isinstance(r, (dict, Answer)) else r.to_dict())
             for r in _answers(svc, accounts, with_all, as_dicts=not with_all)]
 
 
@@ -467,7 +505,7 @@ def compute_stored(svc, account_ids: list[str] | None, cutoff: pd.Timestamp,
     out = {}
     for aid in known:
         if aid in exps:
-            result = _jsonable(exps[aid].to_dict())
+            result = Answer.of(exps[aid].to_dict())
         else:
             result = {"account_id": aid, "error": bad[aid]} if aid in bad else _no_events(aid, cutoff)
         out[aid] = CachedScore(wm[aid], feats if aid in position else None, position.get(aid, -1), result)
@@ -494,11 +532,12 @@ def _stored_answers(svc, ids: list[str], cutoff: pd.Timestamp, with_all: bool,
     else:
         entries = compute_stored(svc, ids, cutoff)
     out: dict = {}
-    if as_dicts:
+    if as_dicts and getattr(svc, "answer_cache", True):
         for aid in ids:
             out[aid] = entries[aid].result if aid in entries else _no_events(aid, cutoff)
         return out
-    # Explanation objects (/explain, with every contribution): re-explain the cached rows.
+    # Explanation objects (/explain with every contribution, or /score with the answer cache
+    # off): model and reasons computed now from the cached feature rows.
     rows = [(aid, entries[aid]) for aid in ids if aid in entries and entries[aid].frame is not None]
     for frame_id in {id(e.frame) for _, e in rows}:
         group = [(aid, e) for aid, e in rows if id(e.frame) == frame_id]
@@ -549,9 +588,49 @@ def _freeze_heap(collect: bool = True) -> None:
     gc.freeze()
 
 
-#: Accounts per message from the warm-up process: unpickling one chunk costs the serving
-#: worker ~2-4 ms of GIL time, so requests never wait long behind it.
-WARM_CHUNK = 200
+#: Accounts per message from the warm-up process: answers travel as JSON bytes, so unpickling
+#: one chunk (its answers and its slice of the feature frame) holds the serving worker's GIL
+#: for well under a millisecond; requests never wait long behind it.
+WARM_CHUNK = 100
+#: How long before a cutoff becomes the default one ("now" rounded up) the warm-up computes it.
+#: Warming it earlier only puts its load (and its entries in the worker) in the middle of the
+#: window's traffic for no gain; later risks misses at the boundary (~20-40 s of warm-up).
+WARM_LEAD_SECONDS = 90.0
+
+
+def warm_due(now: pd.Timestamp, granularity: str = DEFAULT_GRANULARITY,
+             lead_seconds: float = WARM_LEAD_SECONDS) -> list[pd.Timestamp]:
+    """The default cutoffs the cache should hold at ``now``.
+
+    The current one (``now`` rounded up) always; the next one only in the last
+    ``lead_seconds`` of the current window, so it is warm when requests start asking for it.
+
+    >>> [str(c) for c in warm_due(pd.Timestamp("2024-06-01 10:01:30"), "5min", 90)]
+    ['2024-06-01 10:05:00']
+    >>> [str(c) for c in warm_due(pd.Timestamp("2024-06-01 10:03:45"), "5min", 90)]
+    ['2024-06-01 10:05:00', '2024-06-01 10:10:00']
+    """
+    current = default_cutoff(now, granularity)
+    due = [current]
+    if (current - pd.Timestamp(now)).total_seconds() <= lead_seconds:
+        due.append(current + pd.Timedelta(granularity))
+    return due
+
+
+def seconds_until_due_changes(now: pd.Timestamp, granularity: str = DEFAULT_GRANULARITY,
+                              lead_seconds: float = WARM_LEAD_SECONDS) -> float:
+    """Seconds from ``now`` until :func:`warm_due` returns something new.
+
+    That is when the next cutoff enters its lead time, or, once it has, when the window ends
+    (the next cutoff becomes the current one and a new next one follows).
+
+    >>> seconds_until_due_changes(pd.Timestamp("2024-06-01 10:01:30"), "5min", 90)
+    120.0
+    >>> seconds_until_due_changes(pd.Timestamp("2024-06-01 10:04:00"), "5min", 90)
+    60.0
+    """
+    left = (default_cutoff(now, granularity) - pd.Timestamp(now)).total_seconds()
+    return left - lead_seconds if left > lead_seconds else left
 
 
 def _warm_in_child(conn, model_dir: str, tiers: dict | None, store_url: str,
@@ -602,18 +681,21 @@ def _warm_in_child(conn, model_dir: str, tiers: dict | None, store_url: str,
 
 
 class CacheWarmer(threading.Thread):
-    """Background thread keeping the current and next default cutoffs warm.
+    """Background thread keeping the current default cutoff warm, and the next one in time.
 
-    Every ``check_seconds`` (and at each granularity boundary) it asks for the cutoff of "now"
-    and of the next bucket if not yet warm. The work itself (~20 s of pandas, DuckDB and
-    explanation for 10,000 accounts) runs in a separate *process* (:func:`_warm_in_child`,
-    started with ``spawn``): in this thread it would hold the worker's GIL and stall requests
-    for hundreds of ms (the p99 of /score). This thread only receives the finished entries in
-    chunks of :data:`WARM_CHUNK` and puts them into the cache with a short pause between chunks.
+    It warms what :func:`warm_due` names and is not warm yet: the cutoff of "now", and the next
+    bucket's only in the last ``lead_seconds`` of the window; it wakes when that changes and at
+    least every ``check_seconds``. The work itself (~20 s of pandas, DuckDB and explanation for
+    10,000 accounts) runs in a separate *process* (:func:`_warm_in_child`, started with
+    ``spawn``): in this thread it would hold the worker's GIL and stall requests for hundreds
+    of ms (the p99 of /score). This thread only receives the finished entries (answers as JSON
+    bytes) in chunks of :data:`WARM_CHUNK` and puts them into the cache with a short pause
+    between chunks.
     """
 
     def __init__(self, svc, check_seconds: float, model_dir: str, tiers: dict | None = None,
-                 pause_seconds: float = 0.02, chunk_size: int = WARM_CHUNK):
+                 pause_seconds: float = 0.02, chunk_size: int = WARM_CHUNK,
+                 lead_seconds: float = WARM_LEAD_SECONDS):
         super().__init__(name="pql-cache-warmer", daemon=True)
         self.svc = svc
         self.check_seconds = check_seconds
@@ -621,6 +703,7 @@ class CacheWarmer(threading.Thread):
         self.tiers = tiers
         self.pause_seconds = pause_seconds
         self.chunk_size = chunk_size
+        self.lead_seconds = lead_seconds
         self.stop_event = threading.Event()
         self._proc = None
         self._conn = None
@@ -664,9 +747,8 @@ class CacheWarmer(threading.Thread):
     def run(self) -> None:
         while not self.stop_event.is_set():
             now = pd.Timestamp.now("UTC").tz_localize(None)
-            current = default_cutoff(now, self.svc.granularity)
             try:
-                for cutoff in (current, current + pd.Timedelta(self.svc.granularity)):
+                for cutoff in warm_due(now, self.svc.granularity, self.lead_seconds):
                     if not self.svc.cache.warmed(cutoff) and not self.stop_event.is_set():
                         t = time.perf_counter()
                         n = self.warm(cutoff)
@@ -674,8 +756,10 @@ class CacheWarmer(threading.Thread):
                                     cutoff, n, time.perf_counter() - t)
             except Exception:  # a failed warm-up only costs cache misses; keep serving
                 logger.exception("feature cache warm-up failed")
-            wait = (current - pd.Timestamp.now("UTC").tz_localize(None)).total_seconds()
-            self.stop_event.wait(max(1.0, min(self.check_seconds, wait + 0.5)))
+            wait = seconds_until_due_changes(pd.Timestamp.now("UTC").tz_localize(None),
+                                             self.svc.granularity, self.lead_seconds)
+            # +0.5 s: wake just past the moment, not just before it (then sleep ~0 again).
+            self.stop_event.wait(max(0.5, min(self.check_seconds, wait + 0.5)))
 
     def stop(self) -> None:
         """Stop the thread and the warm-up process."""

@@ -114,6 +114,27 @@ def test_single_endpoints_and_inline_scoring_agree(client):
     assert r["probability"] == pytest.approx(by_id["probability"], abs=1e-12)
 
 
+def test_score_over_http_sends_exactly_the_answers_of_a_direct_call(client, service_env):
+    """/score's body is the concatenation of the pre-serialised answers: same bytes as a direct call."""
+    import json
+
+    from serving.online import answers_json
+    from serving.service import AccountIn, PQLScorer
+
+    for msg in _events("gamma", n_invites=2):
+        assert client.post(f"/v1/{msg['type']}", json=msg, headers=_basic(WRITE_KEY)).status_code == 200
+    as_of = (NOW + dt.timedelta(hours=1)).replace(tzinfo=None).isoformat()
+    body = {"accounts": [{"account_id": "gamma", "as_of": as_of}, {"account_id": "ghost", "as_of": as_of},
+                         {"account_id": "gamma", "as_of": as_of}]}
+    r = client.post("/score", json=body, headers=BEARER)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
+    direct = PQLScorer().score([AccountIn(**a) for a in body["accounts"]])  # same store, uncached here
+    assert r.content == answers_json(direct)
+    gamma, ghost, again = json.loads(r.content)
+    assert gamma == again and gamma["account_id"] == "gamma" and "reasons_up" in gamma
+    assert ghost["account_id"] == "ghost" and "error" in ghost
+
+
 def test_scoring_needs_the_bearer_token(client):
     body = {"accounts": [{"account_id": "acme"}]}
     assert client.post("/score", json=body).status_code == 401

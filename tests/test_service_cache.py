@@ -46,10 +46,11 @@ def make_service(tmp_path, monkeypatch):
     monkeypatch.setenv("PQL_STORE_URL", f"sqlite:///{tmp_path / 'events.db'}")
     monkeypatch.setenv("PQL_CACHE_REFRESH_SECONDS", "0")
 
-    def make(cache: bool = True):
+    def make(cache: bool = True, answers: bool = True):
         from serving.service import PQLScorer
 
         monkeypatch.setenv("PQL_FEATURE_CACHE", "1" if cache else "0")
+        monkeypatch.setenv("PQL_ANSWER_CACHE", "1" if answers else "0")
         return PQLScorer()
     return make
 
@@ -119,6 +120,10 @@ def test_warm_up_answers_exactly_what_the_uncached_path_answers(make_service):
     before = cached.cache.stats()
     got = _ask(cached, ids)
     assert got == expected
+    # Byte for byte: the pre-serialised answers the cache sends are the bytes the uncached
+    # path sends (the warm-up computed them in one whole-store batch, the plain service per call).
+    assert [a.json for a in got] == [a.json for a in expected]
+    assert b'"reasons_up"' in got[0].json and b'"error"' in got[-1].json
     after = cached.cache.stats()
     assert after["hits"] - before["hits"] == len(accounts)  # every known account from the warm-up
     assert after["misses"] - before["misses"] == 1  # only the unknown one
@@ -126,6 +131,14 @@ def test_warm_up_answers_exactly_what_the_uncached_path_answers(make_service):
     # /explain (every contribution) from a cached row equals the uncached explanation.
     one = AccountIn(account_id="acc3", as_of=AS_OF)
     assert cached.explain(one) == plain.explain(one)
+
+    # Features cached, answers computed per request (PQL_ANSWER_CACHE=0): the same bytes, and
+    # the features still come from the cache (hits, no recomputation of the pipeline).
+    features_only = make_service(cache=True, answers=False)
+    assert warm_cache(features_only, AS_OF) == len(accounts)
+    before = features_only.cache.stats()
+    assert [a.json for a in _ask(features_only, ids)] == [a.json for a in expected]
+    assert features_only.cache.stats()["hits"] - before["hits"] == len(accounts)
 
     # The start-up warm-up (default "now" cutoff) also equals the uncached path.
     warm_at_start = make_service(cache=True)
@@ -162,7 +175,7 @@ def test_warm_up_process_fills_the_cache_with_the_uncached_answers(make_service)
         warmer.stop()
     assert cached.cache.warmed(as_of) and not warmer._proc.is_alive()
     before = cached.cache.stats()
-    assert _ask(cached, ids, as_of) == expected
+    assert [a.json for a in _ask(cached, ids, as_of)] == [a.json for a in expected]
     after = cached.cache.stats()
     assert after["hits"] - before["hits"] == len(accounts)
     # /explain re-explains the row from the chunk's frame slice: equal to the uncached one.
