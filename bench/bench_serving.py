@@ -310,7 +310,9 @@ def main() -> None:
             before = stats()
             res = timed_requests(score_after_event, n, max(50, args.requests // 4), args.seconds)
             a = np.array(miss_lat) * 1000
-            res.update(p50_ms=float(np.percentile(a, 50)), p99_ms=float(np.percentile(a, 99)))
+            res.update(p50_ms=float(np.percentile(a, 50)), p99_ms=float(np.percentile(a, 99)),
+                       p999_ms=float(np.percentile(a, 99.9)), max_ms=float(a.max()),
+                       over_50ms=int((a > 50).sum()))
             res["cache"] = {k: stats()[k] - before[k] for k in ("hits", "misses")}
             miss_levels.append(res)
             report("/score by id right after a new event (cache miss; /score time only)", res, before, stats())

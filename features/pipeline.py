@@ -334,7 +334,7 @@ def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Ta
     -------
     ibis.Table
         ``account_id, cutoff, label`` then the feature columns of :func:`feature_manifest`,
-        ordered by cutoff and account_id.
+        in no particular row order.
     """
     mat = materialize or _identity
     plan = _Plan(cutoffs, spec.settings.half_life_days)
@@ -375,9 +375,13 @@ def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Ta
     product = compact.filter(~compact.is_mkt)
 
     # --- per (account, user): first product event, and last product event before each cutoff
-    users = mat(product.group_by("account_id", "user_id").aggregate(
-        first_ts=product.first_ts.min(),
-        **{f"last_{k}": _only(product.bucket <= k, product.last_ts).max() for k in range(n_cuts)}))
+    # via (account, user, bucket): a narrow 3-aggregate pass over the compact table, then the
+    # per-cutoff CASEs on a fifth of its rows; it also gives the all-events count per bucket
+    user_bucket = mat(product.group_by("account_id", "user_id", "bucket").aggregate(
+        first_ts=product.first_ts.min(), last_ts=product.last_ts.max(), n=product.n.cast("float64").sum()))
+    users = user_bucket.group_by("account_id", "user_id").aggregate(
+        first_ts=user_bucket.first_ts.min(),
+        **{f"last_{k}": _only(user_bucket.bucket <= k, user_bucket.last_ts).max() for k in range(n_cuts)})
     activity_aggs: dict[str, ir.Value] = {"first_product": users.first_ts.min()}
     for k in range(n_cuts):
         last = users[f"last_{k}"]
@@ -458,14 +462,20 @@ def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Ta
     # a user counts from the bucket of their first qualifying event on
     new_users = per_user.group_by("account_id", bucket=per_user.user_bucket).aggregate(**{
         f"u_{i}": _only(per_user.mi == i, one).sum() for i in n_ms})
-    user_cat = _user_category_bucket(per_user, qev, params, counted)
+    user_cat = _user_category_bucket(per_user, mlong, params, counted, plan)
     cat_users = user_cat.group_by("account_id", "bucket").aggregate(**{
         f"acct__users_{c}": _only(user_cat.cat_key == _CAT_KEY + i, one).sum() for c, i in cat_index.items()})
-    prod_row, mkt_row, n_all = ~compact.is_mkt, compact.is_mkt, compact.n.cast("float64")
-    raw_dg = compact.group_by("account_id", "bucket").aggregate(
-        **{f"raw__{f}": _only(prod_row & compact.event.isin(list(evs)), n_all).sum() for f, evs in fam.items()},
-        raw__all_events=_only(prod_row, n_all).sum(),
-        **{_dg_name(e): _only(mkt_row & (compact.event == e), compact.s).sum() for e in marketing_events})
+    # the family/demand-gen pivot reads only the rows one of its columns counts (a CASE per
+    # column per row is the cost of a pivot); the all-events count comes from user_bucket
+    fam_events = sorted({e for evs in fam.values() for e in evs})
+    wanted = (~compact.is_mkt & compact.event.isin(fam_events or [""])) | (
+        compact.is_mkt & compact.event.isin(marketing_events or [""]))
+    rel = compact.filter(wanted)
+    prod_row, mkt_row, n_rel = ~rel.is_mkt, rel.is_mkt, rel.n.cast("float64")
+    raw_dg = rel.group_by("account_id", "bucket").aggregate(
+        **{f"raw__{f}": _only(prod_row & rel.event.isin(list(evs)), n_rel).sum() for f, evs in fam.items()},
+        **{_dg_name(e): _only(mkt_row & (rel.event == e), rel.s).sum() for e in marketing_events})
+    all_events = user_bucket.group_by("account_id", "bucket").aggregate(raw__all_events=user_bucket.n.sum())
 
     # each part accumulated on its own: a union would make every row carry every column
     parts = [
@@ -475,7 +485,8 @@ def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Ta
         plan.cumulate(new_users, ["account_id"], lambda j: {f"u_{i}": j[f"u_{i}"].sum() for i in n_ms}),
         plan.cumulate(cat_users, ["account_id"], lambda j: {c: j[c].sum() for c in cat_cols}),
         plan.cumulate(raw_dg, ["account_id"], lambda j: {
-            **{c: j[c].sum() for c in raw_cols}, **{c: (j[c] * j.factor).sum() for c in dg_cols}}),
+            **{c: j[c].sum() for c in raw_cols[:-1]}, **{c: (j[c] * j.factor).sum() for c in dg_cols}}),
+        plan.cumulate(all_events, ["account_id"], lambda j: {"raw__all_events": j.raw__all_events.sum()}),
     ]
 
     # --- snapshot rows: accounts started before T (and, for training, not converted before T)
@@ -542,7 +553,9 @@ def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Ta
         cols[c] = x[c].fill_null(0.0).cast("float64")
     for c in raw_cols:
         cols[c] = x[c].fill_null(0).cast("int64")
-    return x.select(**cols).order_by(["cutoff", "account_id"])
+    # Unordered: sorting 300k wide rows in the engine costs more than in pandas, and every
+    # caller goes through _finish, which sorts by (cutoff, account_id).
+    return x.select(**cols)
 
 
 def _nth(t: ir.Table, partition: list[str], order: list[str], n_col: str, value: str, out: str) -> ir.Table:
@@ -577,17 +590,19 @@ def _reached_at(per_user: ir.Table, qev: ir.Table | None, params: ir.Table, coun
     return out.filter(out.reached_at.notnull())
 
 
-def _user_category_bucket(per_user: ir.Table, qev: ir.Table | None, params: ir.Table,
-                          counted: list[int]) -> ir.Table:
+def _user_category_bucket(per_user: ir.Table, mlong: ir.Table, params: ir.Table,
+                          counted: list[int], plan: _Plan) -> ir.Table:
     """(account_id, user_id, cat_key, bucket): the bucket in which a user alone first met a rule
     (its min_count) of that category. Buckets are monotone in time, so the earliest bucket is the
-    bucket of the earliest time."""
+    bucket of the earliest time; for a min_count rule it is the first cutoff k at which the user's
+    cumulative count over buckets <= k reaches min_count (no per-event window needed)."""
     once = per_user.filter(~per_user.mi.isin(counted)) if counted else per_user
     parts = [once.select("account_id", "user_id", "mi", bucket=once.user_bucket)]
     if counted:
-        q = qev.filter(qev.mi.isin(counted)).join(params, "mi")
-        parts.append(_nth(q, ["account_id", "mi", "user_id"], ["timestamp"], "min_count", "bucket", "bucket")
-                     .select("account_id", "user_id", "mi", "bucket"))
+        m = mlong.filter(mlong.mi.isin(counted))
+        cum = plan.cumulate(m, ["account_id", "user_id", "mi"], lambda j: {"n": j.n.sum()}).join(params, "mi")
+        met = cum.filter(cum.n >= cum.min_count)
+        parts.append(met.group_by("account_id", "user_id", "mi").aggregate(bucket=met.k.min()))
     ur = _union(parts).join(params, "mi")
     return ur.group_by("account_id", "user_id", "cat_key").aggregate(bucket=ur.bucket.min())
 

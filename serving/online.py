@@ -404,6 +404,22 @@ class FeatureCache:
             self.hits += 1
             return entry
 
+    def peek(self, cutoff: pd.Timestamp, account_id: str, watermark) -> CachedScore | None:
+        """Like :meth:`get` but counts nothing (the caller counts with :meth:`count`)."""
+        with self._lock:
+            entries = self._by_cutoff.get(cutoff)
+            entry = entries.get(account_id) if entries is not None else None
+            if entry is None or watermark is None or entry.watermark != tuple(watermark):
+                return None
+            self._by_cutoff.move_to_end(cutoff)
+            return entry
+
+    def count(self, hits: int = 0, misses: int = 0) -> None:
+        """Add to the hit and miss counters (for look-ups made with :meth:`peek`)."""
+        with self._lock:
+            self.hits += hits
+            self.misses += misses
+
     def put(self, cutoff: pd.Timestamp, entries: dict[str, CachedScore], warmed: bool = False) -> None:
         """Store ``entries`` at ``cutoff``; ``warmed`` marks the cutoff as covering the whole store.
 

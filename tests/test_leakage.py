@@ -45,7 +45,8 @@ class CompiledPipeline:
             self.raw.register("src", df)
             self.raw.execute(f"DELETE FROM {name}; INSERT INTO {name} SELECT * FROM src")
             self.raw.unregister("src")
-        return self.raw.execute(self.sql).df().drop(columns="label")  # the label looks ahead by design
+        out = self.raw.execute(self.sql).df().drop(columns="label")  # the label looks ahead by design
+        return out.sort_values(["cutoff", "account_id"]).reset_index(drop=True)  # the SQL is unordered
 
 
 PIPELINE = None

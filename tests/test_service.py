@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
 
 import pytest
 from starlette.testclient import TestClient
@@ -116,8 +117,6 @@ def test_single_endpoints_and_inline_scoring_agree(client):
 
 def test_score_over_http_sends_exactly_the_answers_of_a_direct_call(client, service_env):
     """/score's body is the concatenation of the pre-serialised answers: same bytes as a direct call."""
-    import json
-
     from serving.online import answers_json
     from serving.service import AccountIn, PQLScorer
 
@@ -133,6 +132,45 @@ def test_score_over_http_sends_exactly_the_answers_of_a_direct_call(client, serv
     gamma, ghost, again = json.loads(r.content)
     assert gamma == again and gamma["account_id"] == "gamma" and "reasons_up" in gamma
     assert ghost["account_id"] == "ghost" and "error" in ghost
+
+
+def test_cache_hits_are_answered_by_the_fast_path_with_the_same_bytes(client):
+    """A /score the cache holds entirely is answered before the batched endpoint, identically."""
+    import bentoml
+
+    from serving.service import cached_score_response
+
+    for msg in _events("delta", n_invites=1):
+        assert client.post(f"/v1/{msg['type']}", json=msg, headers=_basic(WRITE_KEY)).status_code == 200
+    body = {"accounts": [{"account_id": "delta"}, {"account_id": "nobody"}]}
+    stats = lambda: client.post("/cache_stats", json={}, headers=BEARER).json()  # noqa: E731
+    svc = bentoml.get_current_service()
+    raw = json.dumps(body).encode()
+    assert cached_score_response(svc, raw) is None  # delta's new events: not cached yet
+    before = stats()
+    first = client.post("/score", json=body, headers=BEARER)  # computed by the batched endpoint
+    assert first.status_code == 200 and stats()["misses"] - before["misses"] == 2
+    fast = cached_score_response(svc, raw)
+    if fast is None:  # a 5-minute boundary passed between the two calls: nothing to compare
+        pytest.skip("default cutoff moved during the test")
+    assert fast == first.content
+    before = stats()
+    again = client.post("/score", json=body, headers=BEARER)
+    assert again.content == first.content and again.headers["content-type"] == "application/json"
+    after = stats()
+    assert (after["hits"] - before["hits"], after["misses"] - before["misses"]) == (1, 1)
+    # A new event for delta: the fast path declines, the batched endpoint recomputes.
+    new = {"type": "track", "userId": "u1", "event": "integration_connected", "messageId": "delta-new",
+           "timestamp": _iso(0.1), "context": {"groupId": "delta"}}
+    assert client.post("/v1/track", json=new, headers=_basic(WRITE_KEY)).status_code == 200
+    assert cached_score_response(svc, raw) is None
+    changed = client.post("/score", json=body, headers=BEARER).json()
+    assert "connected_integration" in {m["name"] for m in changed[0]["milestones_reached"]}
+    # What the fast path does not recognise goes to the batched endpoint, which validates it.
+    bad = client.post("/score", json={"accounts": [{"account_id": ""}]}, headers=BEARER)
+    assert bad.status_code in (400, 422) and "account_id" in bad.text
+    assert cached_score_response(svc, b'{"accounts": [{"account_id": "delta", "events": []}]}') is None
+    assert cached_score_response(svc, b"not json") is None
 
 
 def test_scoring_needs_the_bearer_token(client):
