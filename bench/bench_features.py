@@ -166,7 +166,7 @@ def stage_bare(world: str) -> dict:
     return {"seconds": time.perf_counter() - t0, "peak_mib": _peak_mib(), "groups": n}
 
 
-def stage_pipeline(world: str) -> dict:
+def stage_pipeline(world: str, out: str | None = None) -> dict:
     from features.pipeline import compute_features_from_files
 
     w = Path(world)
@@ -174,12 +174,14 @@ def stage_pipeline(world: str) -> dict:
     fs = compute_features_from_files(w / "events.parquet", w / "accounts.parquet", w / "conversions.parquet",
                                      bench_spec(), cutoffs())
     seconds = time.perf_counter() - t0
+    if out:
+        fs.frame.to_parquet(out)
     per_cut = fs.rows_per_cutoff()
     return {"seconds": seconds, "peak_mib": _peak_mib(), "rows": len(fs.frame), "columns": fs.frame.shape[1],
             "per_cutoff": [(str(r.cutoff.date()), int(r.rows), int(r.positives)) for r in per_cut.itertuples()]}
 
 
-def stage_pandas(world: str, fraction: float) -> dict:
+def stage_pandas(world: str, fraction: float, out: str | None = None) -> dict:
     from bench.pandas_reference import reference_features
 
     w = Path(world)
@@ -194,8 +196,41 @@ def stage_pandas(world: str, fraction: float) -> dict:
         conversions = conversions[conversions["account_id"].isin(keep)]
     t0 = time.perf_counter()
     frame = reference_features(events, accounts, conversions, bench_spec(), cutoffs())
-    return {"seconds": time.perf_counter() - t0, "peak_mib": _peak_mib(), "events": len(events),
+    seconds = time.perf_counter() - t0
+    if out:
+        frame.to_parquet(out)
+    return {"seconds": seconds, "peak_mib": _peak_mib(), "events": len(events),
             "rows": len(frame)}
+
+
+def compare_outputs(pipeline_path: Path, pandas_path: Path) -> list[str]:
+    """Columns where the pipeline and the pandas reference disagree on the same events (empty: none).
+
+    The benchmark's speed-up only means something if both compute the same features; this
+    checks it at full scale, not just on the test worlds.
+    """
+    import numpy as np
+
+    a = pd.read_parquet(pipeline_path).sort_values(["cutoff", "account_id"]).reset_index(drop=True)
+    b = pd.read_parquet(pandas_path).sort_values(["cutoff", "account_id"]).reset_index(drop=True)
+    if len(a) != len(b) or not (a["account_id"].astype(str).to_numpy() == b["account_id"].astype(str).to_numpy()).all():
+        return ["<rows differ>"]
+    bad = []
+    for c in a.columns:
+        if c in ("account_id", "cutoff"):
+            continue
+        if c not in b.columns:
+            bad.append(f"{c} (missing in pandas)")
+            continue
+        x, y = a[c], b[c]
+        if c.startswith("fit__"):
+            same = (x.astype(str).to_numpy() == y.astype(str).to_numpy()).all()
+        else:
+            same = np.allclose(x.astype(float).to_numpy(), y.astype(float).to_numpy(), rtol=1e-9, atol=1e-9,
+                               equal_nan=True)
+        if not same:
+            bad.append(c)
+    return bad
 
 
 def _child(fn, args, queue):
@@ -234,10 +269,14 @@ def main(argv=None) -> dict:
     # Interleaved rounds (bare, pipeline, pandas) so every stage sees the same load on a shared
     # machine; each stage's best round is reported.
     rounds = []
+    outputs = tempfile.TemporaryDirectory(prefix="pql-bench-features-out-")
+    pipe_out, pandas_out = Path(outputs.name) / "pipeline.parquet", Path(outputs.name) / "pandas.parquet"
     for r in range(args.repeat):
+        last = r == args.repeat - 1  # the last round also keeps both outputs, to compare them
         bare = run_isolated(stage_bare, str(world))
-        pipe = run_isolated(stage_pipeline, str(world))
-        pdr = run_isolated(stage_pandas, str(world), args.pandas_fraction)
+        pipe = run_isolated(stage_pipeline, str(world), str(pipe_out) if last else None)
+        pdr = run_isolated(stage_pandas, str(world), args.pandas_fraction,
+                           str(pandas_out) if last and args.pandas_fraction >= 1.0 else None)
         print(f"round {r + 1}: bare {bare['seconds']:.2f} s, pipeline {pipe['seconds']:.2f} s "
               f"(peak {pipe['peak_mib']:.0f} MiB), pandas on {args.pandas_fraction:.0%} {pdr['seconds']:.2f} s; "
               f"ratio {pipe['seconds'] / bare['seconds']:.1f}x bare, "
@@ -261,6 +300,12 @@ def main(argv=None) -> dict:
         "bare_s": bare["seconds"], "ratio_to_bare": pipe["seconds"] / bare["seconds"],
         "pandas_extrapolated_s": pandas_full, "speedup_vs_pandas": pandas_full / pipe["seconds"],
     }
+    if pandas_out.exists():
+        bad = compare_outputs(pipe_out, pandas_out)
+        print("pipeline and pandas reference on the same events: "
+              + ("identical features (rtol 1e-9)" if not bad else f"DIFFER in {bad}"))
+        result["differing_columns"] = len(bad)
+    outputs.cleanup()
     print(json.dumps({k: round(v, 3) for k, v in result.items()}, indent=2))
     verdict = {"wall <= 90 s": result["wall_s"] <= 90, "peak <= 4 GiB": result["peak_mib"] <= 4096,
                "<= 5x bare pass": result["ratio_to_bare"] <= 5, ">= 10x pandas": result["speedup_vs_pandas"] >= 10}
