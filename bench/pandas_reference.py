@@ -57,7 +57,7 @@ def reference_features(events: pd.DataFrame, accounts: pd.DataFrame, conversions
     marketing = ev[ev["is_mkt"]]
     if fit_columns is None:
         fit_columns = [c for c in accounts.columns
-                       if c not in ("account_id", "domain", "domain_aliases", "name", "created_at")]
+                       if c not in ("account_id", "domain", "domain_aliases", "name", "created_at", "ended_at")]
     if marketing_events is None:
         marketing_events = sorted(marketing["event"].dropna().unique())
 
@@ -90,11 +90,15 @@ def reference_features(events: pd.DataFrame, accounts: pd.DataFrame, conversions
         per_user = q[q.groupby(["account_id", "user_id"]).cumcount() == m.min_count - 1]
         user_reached[m.name] = per_user[["account_id", "user_id", "timestamp"]]
 
+    ended = (accounts.dropna(subset=["ended_at"]).groupby("account_id")["ended_at"].min()
+             if "ended_at" in accounts.columns else pd.Series(dtype="datetime64[us]"))
     base = pd.DataFrame({"account_id": ids, "start": start.reindex(ids).to_numpy(),
-                         "first_conv": first_conv.reindex(ids).to_numpy()})
+                         "first_conv": first_conv.reindex(ids).to_numpy(),
+                         "ended": ended.reindex(ids).to_numpy()})
     snaps = []
     for T in sorted(pd.Timestamp(c) for c in cutoffs):
-        b = base[(base["start"] < T) & (base["first_conv"].isna() | (base["first_conv"] >= T))]
+        b = base[(base["start"] < T) & (base["first_conv"].isna() | (base["first_conv"] >= T))
+                 & (base["ended"].isna() | (base["ended"] > T))]
         snaps.append(pd.DataFrame({"account_id": b["account_id"], "cutoff": T,
                                    "label": ((b["first_conv"] > T) & (b["first_conv"] <= T + horizon)).astype("int64")}))
     frame = pd.concat(snaps, ignore_index=True)

@@ -71,6 +71,7 @@ PROPERTIES_NOT_OBJECT = "properties not a JSON object"
 UNKNOWN_SOURCE = "unknown source"
 UNKNOWN_ACCOUNT = "unknown account"
 CONFLICTING_DUPLICATE = "conflicting duplicate id"
+ENDED_BEFORE_CREATED = "ended_at before created_at"
 
 
 def empty_reason(column: str) -> str:
@@ -746,7 +747,9 @@ def canonical_accounts(frame: pd.DataFrame, path: str | os.PathLike,
     """Validate the rows of an accounts file (see :func:`canonical_events` for the conventions).
 
     Required: ``account_id``. Bad rows: ``empty account_id``, ``unparseable created_at``,
-    ``future created_at``. Every non-reserved column is kept as a fit attribute, with its type.
+    ``future created_at``, ``unparseable ended_at``, ``ended_at before created_at``. An
+    ``ended_at`` in the future is kept (a trial that is scheduled to end). Every non-reserved
+    column is kept as a fit attribute, with its type.
 
     Returns
     -------
@@ -761,10 +764,14 @@ def canonical_accounts(frame: pd.DataFrame, path: str | os.PathLike,
     account_id = _ids(frame["account_id"])
     _mark(reasons, account_id.isna().to_numpy(), empty_reason("account_id"))
     created = _timestamps(frame, "created_at", path, future_limit, reasons, required=False)
+    # no future limit: a trial's scheduled end is a legitimate future date
+    ended = _timestamps(frame, "ended_at", path, None, reasons, required=False)
+    _mark(reasons, (ended < created).fillna(False).to_numpy(), ENDED_BEFORE_CREATED)
     domain = _text_or_null(frame, "domain").str.lower()
     aliases = _text_or_null(frame, "domain_aliases").str.lower().str.replace(r"\s+", "", regex=True)
     accounts = pd.DataFrame({"account_id": account_id, "domain": domain, "domain_aliases": aliases,
-                             "name": _text_or_null(frame, "name"), "created_at": created})
+                             "name": _text_or_null(frame, "name"), "created_at": created,
+                             "ended_at": ended})
     accounts = accounts.astype(ACCOUNT_RESERVED)
     for col in fit_columns([c for c in frame.columns if c != "_row"]):
         accounts[col] = frame[col]  # fit attributes keep their type (numeric or categorical text)

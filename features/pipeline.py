@@ -489,14 +489,24 @@ def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Ta
         plan.cumulate(all_events, ["account_id"], lambda j: {"raw__all_events": j.raw__all_events.sum()}),
     ]
 
-    # --- snapshot rows: accounts started before T (and, for training, not converted before T)
+    # --- snapshot rows: accounts started before T (and, for training, not converted before T
+    # and not ended by T: an expired trial or a churned account is no longer a candidate, and
+    # keeping it as a label-0 row forever inflates AUC and shifts the base rate)
     conv = conversions.group_by("account_id").aggregate(first_conv=conversions.converted_at.min())
     snap = _left(started, conv, ["account_id"])
+    ends = only_unconverted and "ended_at" in accounts.columns
+    if ends:
+        ended = accounts.filter(accounts.ended_at.notnull())
+        ended = ended.group_by("account_id").aggregate(ended_at=ended.ended_at.cast("timestamp").min())
+        snap = _left(snap, ended, ["account_id"])
     snap, cuts = snap.view(), plan.table.view()
     snap = snap.join(cuts, snap.start < cuts.cutoff)
-    snap = snap.select("account_id", "k", "cutoff", "t_epoch", "first_conv")
+    snap = snap.select("account_id", "k", "cutoff", "t_epoch", "first_conv",
+                       *(["ended_at"] if ends else []))
     if only_unconverted:
         snap = snap.filter(snap.first_conv.isnull() | (snap.first_conv >= snap.cutoff))
+    if ends:
+        snap = snap.filter(snap.ended_at.isnull() | (snap.ended_at > snap.cutoff))
     if with_label:
         label = (snap.first_conv.notnull() & (snap.first_conv > snap.cutoff)
                  & (snap.first_conv <= snap.cutoff + ibis.interval(seconds=int(horizon.total_seconds()))))

@@ -44,6 +44,9 @@ ACCOUNT_RESERVED = {
     "domain_aliases": "string",  # comma-separated extra domains of the same company
     "name": "string",
     "created_at": TIMESTAMP_DTYPE,
+    # When the account stopped being a prospect (trial expired, churned, unregistered); it gets
+    # no training snapshot at or after this time. Optional: null means "still open".
+    "ended_at": TIMESTAMP_DTYPE,
 }
 ACCOUNT_REQUIRED = ("account_id",)
 

@@ -784,7 +784,9 @@ def generate_world(out_dir: Path, n_accounts: int = 5000, seed: int = 0, *, star
     conversions = conversions.sort_values("converted_at", kind="stable").reset_index(drop=True)
     truth_users = pd.DataFrame({"user_id": user_ids[kept], "account_id": acct_ids[ua[kept]]})
 
-    account_cols = {**ACCOUNT_RESERVED, "employees": "int64", "industry": "string", "country": "string",
+    # accounts of this world never end (no trial expiry is simulated), so no ended_at column
+    reserved = {c: t for c, t in ACCOUNT_RESERVED.items() if c != "ended_at"}
+    account_cols = {**reserved, "employees": "int64", "industry": "string", "country": "string",
                     "icp_segment": "string"}
     _frame_to_parquet(accounts, account_cols, out / "accounts.parquet")
     _frame_to_parquet(users_df, USER_COLUMNS, out / "users.parquet")

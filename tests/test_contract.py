@@ -232,6 +232,27 @@ def test_conversion_checks(tmp_path):
     assert_balanced(ds.report)
 
 
+def test_account_end_dates_are_parsed_checked_and_not_fit_attributes(tmp_path):
+    write(make_events(), tmp_path / "events.csv")
+    write(pd.DataFrame({"account_id": ["a0", "a1", "a2", "a3", "a4"],
+                        "created_at": ["2024-01-01", "2024-01-01", "2024-02-01", "2024-01-01", "2024-01-01"],
+                        "ended_at": ["2024-03-15T00:00:00Z", None, "2024-01-10", "soon", "2030-01-01"],
+                        "industry": ["saas"] * 5}), tmp_path / "accounts.csv")
+    ds = load_dataset(tmp_path, now=NOW)
+    rep = ds.report.tables["accounts"]
+    assert rep.quarantined == {"ended_at before created_at": 1, "unparseable ended_at": 1}
+    kept = ds.accounts.set_index("account_id")
+    assert sorted(kept.index) == ["a0", "a1", "a4"]
+    assert kept.loc["a0", "ended_at"] == pd.Timestamp("2024-03-15")
+    assert pd.isna(kept.loc["a1", "ended_at"])
+    assert kept.loc["a4", "ended_at"] == pd.Timestamp("2030-01-01")  # a scheduled end is not "future data"
+    assert str(ds.accounts["ended_at"].dtype) == ACCOUNT_RESERVED["ended_at"]
+    assert "ended_at" not in [c for c in ds.accounts.columns if c not in ACCOUNT_RESERVED]
+    assert_balanced(ds.report)
+    quarantine = pd.read_csv(tmp_path / "quarantine" / "accounts.csv")
+    assert set(quarantine["account_id"]) == {"a2", "a3"}
+
+
 def test_unknown_accounts_are_not_checked_without_an_accounts_table(tmp_path):
     write(make_events(), tmp_path / "events.csv")
     write(pd.DataFrame({"account_id": ["anything"], "converted_at": ["2024-04-01"]}), tmp_path / "conversions.csv")

@@ -132,6 +132,20 @@ def test_timestamps_and_properties(dataset, source_slice, oulad):
     assert (last < conv.reindex(last.index)).all()
 
 
+def test_enrolments_end_at_unregistration_or_run_end(dataset):
+    """Finished enrolments leave the snapshots: ended_at = unregistration (never before the start), else run end."""
+    acc = dataset.accounts.set_index("account_id")
+    assert acc["ended_at"].notna().all() and (acc["ended_at"] >= acc["created_at"]).all()
+    assert dataset.report.tables["accounts"].quarantined_total == 0
+    unreg = dataset.events[dataset.events["event"] == "unregistered"].groupby("account_id")["timestamp"].min()
+    ends = acc.loc[unreg.index, "ended_at"]
+    starts = acc.loc[unreg.index, "created_at"]
+    assert (ends == unreg.where(unreg >= starts, starts)).all()
+    # everyone else ends with the run, which is also when passing enrolments convert
+    conv = dataset.conversions.set_index("account_id")["converted_at"]
+    assert (acc.loc[conv.index, "ended_at"] == conv).all()
+
+
 def test_fit_attributes_keep_their_types(dataset):
     from features.schema import fit_columns
 

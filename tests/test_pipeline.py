@@ -189,6 +189,11 @@ def random_world(seed: int, n_accounts: int = 25, n_events: int = 700):
     accounts = pd.DataFrame({"account_id": pd.array(ids, dtype="string"),
                              "created_at": pd.Series(created, dtype="datetime64[us]"),
                              "tier": pd.array(rng.choice(["smb", "mid", "ent"], n_accounts), dtype="string")})
+    # a third of the accounts ended (trial expired / churned) somewhere around the cutoffs; own
+    # generator, so the draws above stay what they were
+    ends = np.random.default_rng(seed + 1000)
+    accounts["ended_at"] = pd.Series([T("2024-01-25") + pd.Timedelta(days=int(d)) if ends.random() < 0.35 else pd.NaT
+                                      for d in ends.integers(0, 60, n_accounts)], dtype="datetime64[us]")
     conv_ids = rng.choice(ids, n_accounts // 3, replace=False)
     conversions = pd.DataFrame({"account_id": pd.array(conv_ids, dtype="string"),
                                 "converted_at": (T("2024-01-20") + pd.to_timedelta(
@@ -218,6 +223,25 @@ def test_matches_independent_pandas_reference(seed):
     ref = reference_features(events, accounts, conversions, SPEC, cutoffs)
     assert fs.frame["label"].sum() > 0 and fs.frame["ms__pro_reports__reached"].any()
     assert_frames_match(fs.frame, ref)
+
+
+def test_ended_accounts_leave_training_snapshots_but_are_still_scored():
+    events, accounts, conversions = random_world(1)
+    cutoffs = [T("2024-02-01"), T("2024-02-15"), T("2024-03-10")]
+    fs = compute_features(dataset(events, accounts, conversions), SPEC, cutoffs)
+    ended = accounts.dropna(subset=["ended_at"]).set_index("account_id")["ended_at"]
+    assert len(ended) >= 3
+    rows = fs.frame.merge(ended.rename("ended_at"), left_on="account_id", right_index=True)
+    assert not (rows["cutoff"] >= rows["ended_at"]).any()  # no snapshot at or after the end
+    assert (rows["cutoff"] < rows["ended_at"]).any()  # ...but the earlier ones are kept
+    without = compute_features(dataset(events, accounts.drop(columns="ended_at"), conversions), SPEC, cutoffs)
+    assert len(without.frame) > len(fs.frame)
+    assert "fit__ended_at" not in fs.manifest.name.values  # a reserved column, not a fit attribute
+    # scoring asks about every started account, ended or not
+    late = ended.idxmin()
+    online = online_features(events[events.account_id == late], SPEC, T("2024-03-20"),
+                             accounts=accounts[accounts.account_id == late], manifest=fs.manifest)
+    assert list(online.account_id) == [late]
 
 
 def test_online_features_equal_batch_row():
