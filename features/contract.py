@@ -172,6 +172,8 @@ class ValidationReport:
     converters: int = 0
     quarantine_files: list[str] = field(default_factory=list)
     resolution: Any = None
+    accounts_total: int = 0
+    accounts_without_events: int = 0
 
     @property
     def unlinkable_share(self) -> float:
@@ -209,6 +211,8 @@ class ValidationReport:
             "not_linkable": {"users": not_linked, "of": total, "basis": basis,
                              "share": round(not_linked / total, 4) if total else 0.0},
             "converters": self.converters,
+            "accounts_total": self.accounts_total,
+            "accounts_without_events": self.accounts_without_events,
             "resolution": None if self.resolution is None else self.resolution.to_dict(),
             "warnings": list(self.warnings),
             "quarantine_files": list(self.quarantine_files),
@@ -255,6 +259,9 @@ class ValidationReport:
                               f"users/accounts" + (f" (new rows: {added})" if added else ""))
         console.print(f"Data level: {self.level}" + (" (Segment/RudderStack messages)" if self.segment else ""))
         console.print(f"Converting accounts: {self.converters:,}")
+        if self.accounts_total:
+            console.print(f"Accounts with no events: {self.accounts_without_events:,} of {self.accounts_total:,}"
+                          + (" (after identity resolution)" if self.resolution is not None else ""))
         not_linked, total, basis = self.linkability()
         if total:
             console.print(f"Users not linkable to an account ({basis}): {not_linked:,} of "
@@ -276,6 +283,34 @@ def _share(part: int, whole: int) -> str:
     return "<0.1%" if 0 < share < 0.001 else f"{share:.1%}"
 
 
+def accounts_without_events(accounts: pd.DataFrame, events: pd.DataFrame,
+                            user_accounts: pd.DataFrame | None = None) -> int:
+    """Accounts that no event reaches: neither named on an event nor the account of an acting user.
+
+    Parameters
+    ----------
+    accounts, events : pandas.DataFrame
+        Canonical tables.
+    user_accounts : pandas.DataFrame, optional
+        ``user_id, account_id`` links (the users file's explicit ids at load time; identity
+        resolution's answer in :func:`validate`).
+
+    Examples
+    --------
+    >>> acc = pd.DataFrame({"account_id": ["a1", "a2", "a3"]})
+    >>> ev = pd.DataFrame({"user_id": ["u1", "u2"], "account_id": ["a1", None]})
+    >>> accounts_without_events(acc, ev, pd.DataFrame({"user_id": ["u2"], "account_id": ["a2"]}))
+    1
+    """
+    ids = pd.Index(accounts["account_id"].dropna().unique())
+    reached = pd.Index(events["account_id"].dropna().unique())
+    if user_accounts is not None and len(user_accounts):
+        links = user_accounts.dropna(subset=["account_id"]).drop_duplicates("user_id")
+        acting = links[links["user_id"].isin(events["user_id"].dropna().unique())]
+        reached = reached.union(pd.Index(acting["account_id"].unique()))
+    return int((~ids.isin(reached)).sum())
+
+
 def report_warnings(report: ValidationReport) -> list[str]:
     """What scoring will lack, derived from the report's counts (see docs/data-contract.md)."""
     warnings = []
@@ -294,6 +329,9 @@ def report_warnings(report: ValidationReport) -> list[str]:
                         f"linkable to an account: {why}; their milestones cannot roll up to an account")
     if report.tables["events"].rows_kept == 0:
         warnings.append("no usable events")
+    if report.accounts_without_events:
+        warnings.append(f"{report.accounts_without_events:,} of {report.accounts_total:,} accounts have no events: "
+                        f"they get no snapshots and cannot be scored until one of their users acts")
     for table, rep in report.tables.items():
         if rep.quarantined_total:
             warnings.append(f"{rep.quarantined_total:,} {table} rows quarantined "
@@ -1126,10 +1164,13 @@ def load_dataset(data_dir: str | Path, *, quarantine: bool = True,
 
     users_total, unlinkable = _linkability(frames["users"], frames["events"])
     converters = int(frames["conversions"]["account_id"].nunique())
+    explicit = frames["users"].dropna(subset=["account_id"])[["user_id", "account_id"]]
     report = ValidationReport(
         data_dir=str(data_dir), tables=reports, level=detect_level(frames["events"]),
         segment=seg is not None, users_total=users_total,
-        users_unlinkable=unlinkable, converters=converters, quarantine_files=written)
+        users_unlinkable=unlinkable, converters=converters, quarantine_files=written,
+        accounts_total=int(frames["accounts"]["account_id"].nunique()),
+        accounts_without_events=accounts_without_events(frames["accounts"], frames["events"], explicit))
     report.warnings = report_warnings(report)
     return Dataset(events=frames["events"], users=frames["users"], accounts=frames["accounts"],
                    conversions=frames["conversions"], report=report)
@@ -1157,5 +1198,7 @@ def validate(data_dir: str | Path, *, quarantine: bool = True, now: dt.datetime 
     if resolve:
         from features.identity import resolve_accounts
 
-        ds.report.attach_resolution(resolve_accounts(ds.users, ds.events, ds.accounts).report)
+        resolution = resolve_accounts(ds.users, ds.events, ds.accounts)
+        ds.report.accounts_without_events = accounts_without_events(ds.accounts, ds.events, resolution.user_accounts)
+        ds.report.attach_resolution(resolution.report)
     return ds.report

@@ -253,6 +253,22 @@ def test_account_end_dates_are_parsed_checked_and_not_fit_attributes(tmp_path):
     assert set(quarantine["account_id"]) == {"a2", "a3"}
 
 
+def test_accounts_without_events_are_reported(tmp_path):
+    world(tmp_path)
+    accounts = pd.read_csv(tmp_path / "accounts.csv")
+    silent = pd.DataFrame({"account_id": ["quiet1", "quiet2"], "domain": ["quiet.io", "acme.com"],
+                           "employees": [5, 5], "industry": ["saas", "saas"]})
+    pd.concat([accounts, silent]).to_csv(tmp_path / "accounts.csv", index=False)
+    loaded = load_dataset(tmp_path, now=NOW).report
+    assert (loaded.accounts_total, loaded.accounts_without_events) == (5, 2)
+    rep = validate(tmp_path, now=NOW)
+    # quiet2 shares acme.com with a0, but resolution sends each user to one account: both stay silent
+    assert rep.accounts_without_events == 2
+    assert any("2 of 5 accounts have no events" in w for w in rep.warnings)
+    assert "Accounts with no events: 2 of 5 (after identity resolution)" in rep.to_text()
+    assert rep.to_dict()["accounts_without_events"] == 2
+
+
 def test_unknown_accounts_are_not_checked_without_an_accounts_table(tmp_path):
     write(make_events(), tmp_path / "events.csv")
     write(pd.DataFrame({"account_id": ["anything"], "converted_at": ["2024-04-01"]}), tmp_path / "conversions.csv")
