@@ -61,7 +61,10 @@ MAX_BAD_TIMESTAMP_SHARE = 0.5
 FUTURE_TOLERANCE = dt.timedelta(days=1)
 #: Columns a users *file* must have (issue 2). ``features.schema.USER_REQUIRED`` is only
 #: ``user_id`` because users derived from Segment ``identify`` calls may lack email/created_at.
-USER_FILE_REQUIRED = ("user_id", "email", "created_at")
+USER_FILE_REQUIRED = ("user_id",)
+#: Columns a users file should have; without them it still loads (some products know no email),
+#: and the summary warns what identity resolution loses.
+USER_FILE_EXPECTED = ("email", "created_at")
 
 # Quarantine reasons (the ``reason`` column; stable strings, documented in docs/data-contract.md).
 INVALID_JSON = "invalid JSON"
@@ -174,6 +177,7 @@ class ValidationReport:
     resolution: Any = None
     accounts_total: int = 0
     accounts_without_events: int = 0
+    users_file_missing: list[str] = field(default_factory=list)
 
     @property
     def unlinkable_share(self) -> float:
@@ -213,6 +217,7 @@ class ValidationReport:
             "converters": self.converters,
             "accounts_total": self.accounts_total,
             "accounts_without_events": self.accounts_without_events,
+            "users_file_missing": list(self.users_file_missing),
             "resolution": None if self.resolution is None else self.resolution.to_dict(),
             "warnings": list(self.warnings),
             "quarantine_files": list(self.quarantine_files),
@@ -329,6 +334,11 @@ def report_warnings(report: ValidationReport) -> list[str]:
                         f"linkable to an account: {why}; their milestones cannot roll up to an account")
     if report.tables["events"].rows_kept == 0:
         warnings.append("no usable events")
+    if "email" in report.users_file_missing:
+        warnings.append("the users file has no email values: identity resolution can link its users only "
+                        "by explicit account ids, invites, shared workspaces and company names")
+    if "created_at" in report.users_file_missing:
+        warnings.append("the users file has no created_at values: user sign-up dates are unknown")
     if report.accounts_without_events:
         warnings.append(f"{report.accounts_without_events:,} of {report.accounts_total:,} accounts have no events: "
                         f"they get no snapshots and cannot be scored until one of their users acts")
@@ -622,9 +632,6 @@ def _require(frame: pd.DataFrame, required, path: Path, table: str) -> None:
             if level:
                 message += (f"; the file looks like {level} data, but the contract needs one row "
                             f"per event with user_id, event and timestamp")
-        elif table == "users" and column != "user_id":
-            message += (f" (a users file needs {', '.join(USER_FILE_REQUIRED)}; single values "
-                        f"may be empty)")
         raise ContractError(message, file=path, column=column)
 
 
@@ -753,9 +760,9 @@ def canonical_users(frame: pd.DataFrame, path: str | os.PathLike,
                     future_limit: pd.Timestamp) -> tuple[pd.DataFrame, pd.Series]:
     """Validate the rows of a users *file* (see :func:`canonical_events` for the conventions).
 
-    A users file must have ``user_id``, ``email`` and ``created_at`` columns
-    (:data:`USER_FILE_REQUIRED`); single values of ``email``/``created_at`` may be empty (the
-    user is kept: its other fields still link it to an account). Bad rows: ``empty user_id``,
+    A users file must have ``user_id`` (:data:`USER_FILE_REQUIRED`); ``email`` and ``created_at``
+    are expected (:data:`USER_FILE_EXPECTED`) but may be missing or empty (the user is kept: its
+    other fields still link it to an account; :func:`load_dataset` warns about a missing column). Bad rows: ``empty user_id``,
     ``unparseable created_at``, ``future created_at``. Users derived from Segment ``identify``
     calls go through :func:`canonical_profiles` instead (they may lack email and created_at).
 
@@ -1072,6 +1079,7 @@ def load_dataset(data_dir: str | Path, *, quarantine: bool = True,
     quarantined: dict[str, pd.DataFrame] = {}
     seg: segment.SegmentTables | None = None
 
+    users_missing: list[str] = []
     builders = {"events": canonical_events, "users": canonical_users,
                 "accounts": canonical_accounts}
     raws: dict[str, _Raw] = {}
@@ -1098,6 +1106,8 @@ def load_dataset(data_dir: str | Path, *, quarantine: bool = True,
             frame = seg.events
         if table == "conversions":
             continue  # needs the known accounts: handled below
+        if table == "users":
+            users_missing = [c for c in USER_FILE_EXPECTED if not _present(frame, c)]
         canonical, reasons = builders[table](frame, path, limit)
         canonical, reasons = canonical.reset_index(drop=True), reasons.reset_index(drop=True)
         frame = frame.reset_index(drop=True)
@@ -1170,7 +1180,8 @@ def load_dataset(data_dir: str | Path, *, quarantine: bool = True,
         segment=seg is not None, users_total=users_total,
         users_unlinkable=unlinkable, converters=converters, quarantine_files=written,
         accounts_total=int(frames["accounts"]["account_id"].nunique()),
-        accounts_without_events=accounts_without_events(frames["accounts"], frames["events"], explicit))
+        accounts_without_events=accounts_without_events(frames["accounts"], frames["events"], explicit),
+        users_file_missing=users_missing)
     report.warnings = report_warnings(report)
     return Dataset(events=frames["events"], users=frames["users"], accounts=frames["accounts"],
                    conversions=frames["conversions"], report=report)

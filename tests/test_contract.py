@@ -470,33 +470,42 @@ def test_canonical_events_gives_the_loaders_verdict_row_by_row(tmp_path):
         canonical_events(frame.drop(columns="event"), "/v1/batch", pd.Timestamp(NOW))
 
 
-# --- users file: email and created_at are required columns --------------------------------------
+# --- users file: email and created_at are expected, not required -----------------------------
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
 @pytest.mark.parametrize("column", ["email", "created_at"])
-def test_users_file_needs_email_and_created_at(tmp_path, fmt, column):
+def test_users_file_without_email_or_created_at_loads_with_a_warning(tmp_path, fmt, column):
     world(tmp_path, fmt)
     users = pd.DataFrame({"user_id": ["u0", "u1"], "email": ["a@acme.com", "b@beta.io"],
-                          "created_at": ["2024-01-01", "2024-01-02"]})
+                          "created_at": ["2024-01-01", "2024-01-02"], "account_id": ["a0", None]})
     write(users.drop(columns=column), tmp_path / f"users.{fmt}")
+    ds = load_dataset(tmp_path, now=NOW)
+    assert ds.report.tables["users"].rows_kept == 2 and ds.users[column].isna().all()
+    assert ds.report.users_file_missing == [column]
+    assert sum(f"no {column} values" in w for w in ds.report.warnings) == 1
+    assert ds.users.set_index("user_id").loc["u0", "account_id"] == "a0"  # other fields still link
+
+
+def test_users_file_needs_user_id(tmp_path):
+    world(tmp_path)
+    write(pd.DataFrame({"email": ["a@acme.com"], "created_at": ["2024-01-01"]}), tmp_path / "users.csv")
     with pytest.raises(ContractError) as err:
         load_dataset(tmp_path, now=NOW)
-    assert err.value.column == column and err.value.file.endswith(f"users.{fmt}")
-    assert f"'{column}'" in str(err.value) and f"users.{fmt}" in str(err.value)
+    assert err.value.column == "user_id" and err.value.file.endswith("users.csv")
 
 
-def test_users_file_single_empty_values_are_kept_but_an_empty_column_is_an_error(tmp_path):
+def test_users_file_single_empty_values_are_kept_and_an_empty_column_is_warned(tmp_path):
     write(make_events(), tmp_path / "events.csv")
     (tmp_path / "users.csv").write_text(
         "user_id,email,created_at\nu0,a@acme.com,\nu1,,2024-01-02\n")
     ds = load_dataset(tmp_path, now=NOW)
     users = ds.users.set_index("user_id")
     assert pd.isna(users.loc["u0", "created_at"]) and pd.isna(users.loc["u1", "email"])
-    assert ds.report.tables["users"].rows_kept == 2
+    assert ds.report.tables["users"].rows_kept == 2 and ds.report.users_file_missing == []
     (tmp_path / "users.csv").write_text("user_id,email,created_at\nu0,,2024-01-01\nu1,,2024-01-02\n")
-    with pytest.raises(ContractError, match="users.csv, column 'email'.*empty in every row"):
-        load_dataset(tmp_path, now=NOW)
+    ds = load_dataset(tmp_path, now=NOW)
+    assert ds.report.users_file_missing == ["email"] and ds.report.tables["users"].rows_kept == 2
 
 
 # --- report: reasons as lines, identity resolution ----------------------------------------------
