@@ -304,7 +304,9 @@ def map_oulad(tables: OuladTables) -> ContractTables:
     # without an end, finished enrolments stay label-0 snapshots forever (AUC 0.774 -> 0.851 and a
     # shifted base rate in our first trial). Unregistering before the start ends it at the start.
     unreg_at = st["account_id"].map(unreg.groupby("account_id")["date_unregistration"].min())
-    ended = _days(st["run_start"], unreg_at.clip(lower=0)).fillna(st["run_end"].astype("datetime64[us]"))
+    # clipped to the run: OULAD has unregistrations dated after the run ended (day 444 of a 268-day run)
+    run_end = st["run_end"].astype("datetime64[us]")
+    ended = _days(st["run_start"], unreg_at.clip(lower=0)).fillna(run_end).clip(upper=run_end)
     accounts = pd.DataFrame({"account_id": st["account_id"].astype("string"),
                              "created_at": st["run_start"].astype("datetime64[us]"),
                              "ended_at": ended.astype("datetime64[us]")})

@@ -140,7 +140,13 @@ def test_enrolments_end_at_unregistration_or_run_end(dataset):
     unreg = dataset.events[dataset.events["event"] == "unregistered"].groupby("account_id")["timestamp"].min()
     ends = acc.loc[unreg.index, "ended_at"]
     starts = acc.loc[unreg.index, "created_at"]
-    assert (ends == unreg.where(unreg >= starts, starts)).all()
+    # the run's end = when its passing enrolments convert; a later unregistration ends at the run end
+    run = pd.Series(acc.index.str.rsplit("-", n=1).str[0], index=acc.index)
+    conv_at = dataset.conversions.set_index("account_id")["converted_at"]
+    run_end = conv_at.groupby(run.reindex(conv_at.index)).max()
+    expected = unreg.where(unreg >= starts, starts)
+    expected = expected.where(expected <= run.reindex(expected.index).map(run_end), run.reindex(expected.index).map(run_end))
+    assert (ends == expected).all()
     # everyone else ends with the run, which is also when passing enrolments convert
     conv = dataset.conversions.set_index("account_id")["converted_at"]
     assert (acc.loc[conv.index, "ended_at"] == conv).all()
