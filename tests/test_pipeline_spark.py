@@ -46,7 +46,9 @@ def spark_con():
 
 @pytest.fixture(scope="module")
 def both(spark_con):
-    ds = SimpleNamespace(events=EVENTS, accounts=ACCOUNTS, conversions=CONVERSIONS)
+    # a1's trial ends between the two cutoffs: Spark must drop its second snapshot too
+    accounts = ACCOUNTS.assign(ended_at=pd.to_datetime(["2024-01-12", None, None]).astype("datetime64[us]"))
+    ds = SimpleNamespace(events=EVENTS, accounts=accounts, conversions=CONVERSIONS)
     duck = compute_features(ds, SPEC, CUTOFFS)
     spark = compute_features(ds, SPEC, CUTOFFS, engine="pyspark", con=spark_con)
     return duck, spark
@@ -56,6 +58,7 @@ def test_spark_features_equal_duckdb(both):
     duck, spark = both
     assert list(spark.frame.columns) == list(duck.frame.columns)
     assert_frames_match(spark.frame, duck.frame)  # every key, label and feature column
+    assert spark.frame.loc[spark.frame.account_id == "a1", "cutoff"].tolist() == [CUTOFFS[0]]
 
 
 def test_spark_run_exercised_every_feature_family(both):
