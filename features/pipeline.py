@@ -322,8 +322,9 @@ def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Ta
         Marketing events with a demand-gen column. ``None`` runs one small ``DISTINCT`` query to
         find them (the only execution this function may do); pass them to keep it purely lazy.
     only_unconverted : bool
-        Training snapshots (True): only accounts that had not converted before T. Scoring (False):
-        every account that had started.
+        Training snapshots (True): only accounts that had not converted before T and whose
+        ``accounts.ended_at`` (when the table has it) is null or after T. Scoring (False): every
+        account that had started.
     with_label : bool
         Compute ``label`` = converted in (T, T + horizon]; otherwise ``label`` is null.
     materialize : callable, optional
