@@ -366,6 +366,10 @@ class Scorer:
                         f"(known: {', '.join(map(str, levels[:10]))})")
                 codes[codes < 0] = np.nan
                 X[:, j] = codes
+            elif isinstance(s.dtype, np.dtype) and s.dtype.kind in "fiub":
+                # Plain numpy numbers and booleans: the same floats as the general path below,
+                # without its per-column conversions (~0.2 ms a column, 63 columns per batch).
+                X[:, j] = s.to_numpy(dtype=np.float64)
             else:
                 X[:, j] = pd.to_numeric(s, errors="coerce").astype("float64").to_numpy(na_value=np.nan)
         return X, problems

@@ -253,11 +253,24 @@ def dump_json(obj) -> bytes:
     numpy scalars become numbers, NaN and infinities ``null`` (as pydantic, which serialised
     /score answers before, writes them), keys starting with ``_`` are left out.
     """
-    return json.dumps(_plain(obj), separators=(",", ":"), ensure_ascii=False, allow_nan=False,
-                      default=_json_default).encode()
+    # Fast: the C encoder with numpy scalars converted on the way. Answers rarely hold a
+    # non-finite float (the C encoder would write NaN, which is not JSON) or a private key;
+    # when the text shows either might be there, the exact but slower walk decides.
+    out = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=_json_default)
+    if "NaN" in out or "Infinity" in out or '"_' in out:
+        out = json.dumps(_plain(obj), separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+                         default=_json_default)
+    return out.encode()
 
 
 def _json_default(value):
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):  # float32 and the like (float64 is a float already)
+        v = float(value)
+        return v if math.isfinite(v) else None
+    if isinstance(value, np.bool_):
+        return bool(value)
     if value is pd.NA or value is pd.NaT:
         return None
     if hasattr(value, "isoformat"):  # datetime, date, Timestamp: ISO 8601 like pydantic
@@ -413,6 +426,13 @@ class FeatureCache:
                 return None
             self._by_cutoff.move_to_end(cutoff)
             return entry
+
+    def stale(self, cutoff: pd.Timestamp, watermarks: dict) -> list[str]:
+        """Accounts of ``watermarks`` whose entry at ``cutoff`` is missing or older than their watermark."""
+        with self._lock:
+            entries = dict(self._by_cutoff.get(cutoff, {}))
+        return [aid for aid, wm in watermarks.items()
+                if (e := entries.get(aid)) is None or e.watermark != tuple(wm)]
 
     def count(self, hits: int = 0, misses: int = 0) -> None:
         """Add to the hit and miss counters (for look-ups made with :meth:`peek`)."""

@@ -349,3 +349,46 @@ def test_shown_contributions_add_up_exactly_and_follow_their_sign(scorer):
             assert [p[:4] for p in parts] == ["(+) " if c["contribution"] > 0 else "(-) " for c in shown]
 
     check()
+
+
+def test_prepare_reads_numeric_columns_exactly_like_the_general_conversion(scorer, frame):
+    """The numpy fast path of ``Scorer.prepare`` gives the floats ``pd.to_numeric`` gives."""
+    numeric = [c for c in scorer.feature_names if c not in scorer.categories]
+    mixed = frame.copy()
+    # The same values in every dtype a feature frame can carry: plain floats (with NaN),
+    # plain ints, bools, nullable Int64 / boolean (with NA) and object.
+    kinds = ["float64", "object", "Float64"]
+    for k, col in enumerate(numeric):
+        mixed[col] = mixed[col].astype(kinds[k % len(kinds)])
+    X_fast, problems = scorer.prepare(mixed)
+    assert not any(problems)
+    expected = np.column_stack([
+        pd.to_numeric(mixed[c], errors="coerce").astype("float64").to_numpy(na_value=np.nan)
+        if c in numeric else scorer.prepare(frame)[0][:, j]
+        for j, c in enumerate(scorer.feature_names)])
+    np.testing.assert_array_equal(X_fast, expected)
+    np.testing.assert_array_equal(X_fast, scorer.prepare(frame)[0])
+    assert np.isnan(X_fast).any()  # missing values really went through the fast path
+    ints = pd.DataFrame({c: pd.Series(np.arange(len(frame)) % 2).astype(dt) for c, dt in
+                         zip(numeric, ["int64", "bool", "int32", "Int64", "boolean"] * 99)})
+    X_int, _ = scorer.prepare(pd.concat([frame.drop(columns=numeric), ints], axis=1))
+    np.testing.assert_array_equal(
+        X_int[:, [scorer.feature_names.index(c) for c in numeric]],
+        np.column_stack([pd.to_numeric(ints[c]).astype("float64").to_numpy(na_value=np.nan)
+                         for c in numeric]))
+
+
+def test_answers_serialise_like_the_exact_walk(scorer, frame):
+    """``dump_json``'s fast encoder writes exactly what the exact (numpy-free, NaN-free) walk writes."""
+    import json
+
+    from serving.online import _json_default, _plain, dump_json
+
+    exps, _ = Explainer(scorer).explain(frame.head(40), with_all=True)
+    for e in exps:
+        d = e.to_dict()
+        exact = json.dumps(_plain(d), separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+                           default=_json_default).encode()
+        assert dump_json(d) == exact
+    odd = {"a": np.float32(0.5), "b": [np.int64(3), np.bool_(False), float("nan")], "_x": 1}
+    assert dump_json(odd) == b'{"a":0.5,"b":[3,false,null]}'

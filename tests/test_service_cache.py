@@ -171,13 +171,26 @@ def test_warm_up_process_fills_the_cache_with_the_uncached_answers(make_service)
     warmer = CacheWarmer(cached, 0, model_dir=os.environ["PQL_MODEL_DIR"], pause_seconds=0, chunk_size=3)
     try:
         assert warmer.warm(as_of) == len(accounts)
+        assert cached.cache.warmed(as_of) and warmer.catch_up(as_of) == 0  # nothing moved
+        before = cached.cache.stats()
+        assert [a.json for a in _ask(cached, ids, as_of)] == [a.json for a in expected]
+        after = cached.cache.stats()
+        assert after["hits"] - before["hits"] == len(accounts)
+
+        # An event after the warm-up's read: the catch-up recomputes just that account, in the
+        # warm-up process, and the next request hits with the uncached path's new answer.
+        _ingest(plain, [{"type": "track", "userId": "acc2-u1", "event": "integration_connected",
+                         "messageId": "acc2-late", "timestamp": _iso(0.2), "context": {"groupId": "acc2"}}])
+        assert cached.cache.stale(as_of, cached.store.watermarks(None)) == ["acc2"]
+        assert warmer.catch_up(as_of) == 1
+        (fresh,) = _ask(plain, ["acc2"], as_of)
+        hits = cached.cache.stats()["hits"]
+        (caught,) = _ask(cached, ["acc2"], as_of)
+        assert caught.json == fresh.json and cached.cache.stats()["hits"] == hits + 1
+        assert "connected_integration" in {m["name"] for m in caught["milestones_reached"]}
     finally:
         warmer.stop()
-    assert cached.cache.warmed(as_of) and not warmer._proc.is_alive()
-    before = cached.cache.stats()
-    assert [a.json for a in _ask(cached, ids, as_of)] == [a.json for a in expected]
-    after = cached.cache.stats()
-    assert after["hits"] - before["hits"] == len(accounts)
+    assert not warmer._proc.is_alive()
     # /explain re-explains the row from the chunk's frame slice: equal to the uncached one.
     for acc in ("acc0", "acc4", "acc7"):
         one = AccountIn(account_id=acc, as_of=as_of)
