@@ -55,7 +55,9 @@ def group_rows(user_accounts: pd.DataFrame, accounts: pd.DataFrame, first_seen: 
     for row in accounts.to_dict("records"):
         traits = {}
         for k, v in row.items():
-            if k in ("account_id", "domain_aliases") or v is None or v is pd.NA or (isinstance(v, float) and pd.isna(v)):
+            # ended_at only shapes training snapshots; as a group trait it would come back as a
+            # fit attribute. Missing values (None, NA, NaN, NaT) are simply not sent.
+            if k in ("account_id", "domain_aliases", "ended_at") or (pd.api.types.is_scalar(v) and pd.isna(v)):
                 continue
             traits["createdAt" if k == "created_at" else k] = _iso(v) if k == "created_at" else (
                 v.item() if hasattr(v, "item") else v)
