@@ -19,6 +19,7 @@ import pandas as pd
 
 from features import contract
 from features.segment import MESSAGE_TYPES, VIEW_EVENT, messages_to_frame, split_messages
+from features.schema import EVENT_SOURCES
 from features.timestamps import to_utc_naive
 
 #: Default limits; Segment's own API caps a batch at 500 KB and a message at 32 KB.
@@ -106,8 +107,12 @@ def _path(prefix: str, i: int, field: str) -> str:
 
 def parse_request(body, kind: str | None = None, *,
                   max_events: int = MAX_EVENTS_PER_REQUEST,
-                  now: pd.Timestamp | None = None) -> list[dict]:
+                  now: pd.Timestamp | None = None, source: str = "product") -> list[dict]:
     """Validate a Segment request body and return rows for :meth:`EventStore.append`.
+
+    ``source`` is what the events are: ``product`` (the app's own Segment source) or
+    ``marketing`` (a marketing tool's source, told apart by its write key), which feeds the
+    demand-gen features instead of the milestone ones.
 
     Raises
     ------
@@ -119,10 +124,16 @@ def parse_request(body, kind: str | None = None, *,
     if not messages:
         return []
     now = now or pd.Timestamp.now("UTC").tz_localize(None)
-    fast = plain_rows(messages, now)
-    if fast is not None:
-        return fast
-    return contract_rows(messages, prefix, kind, now)
+    if source not in EVENT_SOURCES:
+        raise ValueError(f"source must be one of {EVENT_SOURCES}, not {source!r}")
+    rows = plain_rows(messages, now)
+    if rows is None:
+        rows = contract_rows(messages, prefix, kind, now)
+    if source != "product":
+        for row in rows:
+            if row["event"] is not None:  # identify/group rows describe people, not touches
+                row["source"] = source
+    return rows
 
 
 def contract_rows(messages: list[dict], prefix: str, kind: str | None,

@@ -5,6 +5,8 @@ Run with ``pql serve`` (imports the champion into the Bento model store, then
 
 ``PQL_API_TOKEN``    bearer token for /score, /explain, /feedback (required)
 ``PQL_WRITE_KEY``    Segment write key for /v1/* (basic auth, key as user name; required)
+``PQL_MARKETING_WRITE_KEY``  optional write key of a marketing tool's Segment source: its
+                     events are stored as ``source = marketing`` (demand-gen features)
 ``PQL_STORE_URL``    SQLAlchemy URL of the event store (default ``sqlite:///pql_events.db``)
 ``PQL_BENTO_MODEL``  Bento model tag (default ``pql-account-scorer:latest``)
 ``PQL_MODEL_DIR``    a local bundle directory instead of the Bento store (tests, notebooks)
@@ -137,10 +139,14 @@ class GuardMiddleware:
     """
 
     def __init__(self, app, api_token: str | None = None, write_key: str | None = None,
-                 max_body_bytes: int | None = None):
+                 max_body_bytes: int | None = None, marketing_write_key: str | None = None):
         self.app = app
         self.api_token = api_token if api_token is not None else os.environ.get("PQL_API_TOKEN", "")
         self.write_key = write_key if write_key is not None else os.environ.get("PQL_WRITE_KEY", "")
+        # Segment gives every source its own write key: a marketing tool's source (email, ads,
+        # webinars) is told apart from the product's by the key it sends, not by event names.
+        self.marketing_write_key = (marketing_write_key if marketing_write_key is not None
+                                    else os.environ.get("PQL_MARKETING_WRITE_KEY", ""))
         self.max_body = int(max_body_bytes or os.environ.get("PQL_MAX_BODY_BYTES", MAX_BODY_BYTES))
 
     async def __call__(self, scope, receive, send):
@@ -153,10 +159,12 @@ class GuardMiddleware:
             return await self.app(scope, receive, send)
         auth = headers.get("authorization", "")
         if path.startswith(INGEST_PREFIX):
-            if not self._write_key_ok(auth):
+            source = self._write_key_source(auth)
+            if source is None:
                 return await _reply(send, 401, {"success": False, "error": "invalid write key",
                                                 "field": "Authorization"},
                                     [(b"www-authenticate", b'Basic realm="pql"')])
+            scope.setdefault("state", {})["pql_source"] = source  # read by _ingest
         elif not (self.api_token and auth.startswith("Bearer ")
                   and hmac.compare_digest(auth[7:].strip(), self.api_token)):
             return await _reply(send, 401, {"error": "missing or invalid bearer token",
@@ -168,14 +176,18 @@ class GuardMiddleware:
                                             "error": f"body of {length} bytes exceeds {self.max_body}"})
         return await self.app(scope, self._capped(receive, send), send)
 
-    def _write_key_ok(self, auth: str) -> bool:
-        if not self.write_key or not auth.startswith("Basic "):
-            return False
+    def _write_key_source(self, auth: str) -> str | None:
+        """``product`` or ``marketing`` for a known write key, else None."""
+        if not auth.startswith("Basic "):
+            return None
         try:
             user = base64.b64decode(auth[6:].strip()).decode().split(":", 1)[0]
         except (ValueError, UnicodeDecodeError):
-            return False
-        return hmac.compare_digest(user, self.write_key)
+            return None
+        for key, source in ((self.write_key, "product"), (self.marketing_write_key, "marketing")):
+            if key and hmac.compare_digest(user, key):
+                return source
+        return None
 
     def _capped(self, receive, send):
         # Chunked bodies carry no Content-Length: count while reading.
@@ -431,8 +443,10 @@ class PQLScorer:
         # other requests are read and parsed meanwhile. The response is sent only after COMMIT.
         import anyio
 
+        source = getattr(request.state, "pql_source", "product")
+
         def parse_and_store():
-            return self.store.append(parse_request(body, kind, max_events=self.max_events))
+            return self.store.append(parse_request(body, kind, max_events=self.max_events, source=source))
 
         try:
             result = await anyio.to_thread.run_sync(parse_and_store)

@@ -13,6 +13,7 @@ from serving_fixtures import shared_bundle
 
 TOKEN = "test-token"
 WRITE_KEY = "wk_test"
+MARKETING_KEY = "wk_marketing"
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
@@ -43,6 +44,7 @@ def service_env(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("PQL_API_TOKEN", TOKEN)
     mp.setenv("PQL_WRITE_KEY", WRITE_KEY)
+    mp.setenv("PQL_MARKETING_WRITE_KEY", MARKETING_KEY)
     mp.setenv("PQL_MODEL_DIR", str(bundle_dir))
     mp.setenv("PQL_STORE_URL", f"sqlite:///{root / 'events.db'}")
     mp.setenv("PQL_MAX_EVENTS", "50")
@@ -72,6 +74,21 @@ def test_ingest_needs_the_write_key(client):
     assert client.post("/v1/batch", json=body).status_code == 401
     assert client.post("/v1/batch", json=body, headers=_basic("wrong")).status_code == 401
     assert client.post("/v1/batch", json=body, headers=BEARER).status_code == 401
+
+
+def test_marketing_source_write_key_stores_marketing_touches(client, service_env):
+    from serving.store import EventStore
+
+    touch = {"type": "track", "userId": "mk-u1", "event": "email_click", "messageId": "mk-1",
+             "timestamp": _iso(1), "context": {"groupId": "mk-acme"}}
+    who = {"type": "identify", "userId": "mk-u1", "messageId": "mk-id", "traits": {"email": "x@mk-acme.test"},
+           "timestamp": _iso(1)}
+    product = dict(touch, event="project_created", messageId="mk-2")
+    assert client.post("/v1/batch", json={"batch": [touch, who]}, headers=_basic(MARKETING_KEY)).status_code == 200
+    assert client.post("/v1/track", json=product, headers=_basic(WRITE_KEY)).status_code == 200
+    stored = EventStore(f"sqlite:///{service_env / 'events.db'}").events(["mk-acme"])
+    by_event = dict(zip(stored["event"], stored["source"]))
+    assert by_event == {"email_click": "marketing", "project_created": "product"}
 
 
 def test_batch_is_stored_once_and_scored_by_id(client, service_env):
