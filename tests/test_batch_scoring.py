@@ -365,7 +365,8 @@ def test_cli_score_explain_feedback_report(world, registry, tmp_path):
     assert r.exit_code == 2 and "not found" in r.output
     from mlflow import MlflowClient
 
-    MlflowClient(registry["tracking_uri"]).set_registered_model_alias(
+    # both URIs explicit: a registry URI left in the environment by an earlier test must not win
+    MlflowClient(tracking_uri=registry["tracking_uri"], registry_uri=registry["tracking_uri"]).set_registered_model_alias(
         "pql-account-scorer", "challenger", registry["version"])
     r = runner.invoke(app, ["score", str(world), "--model", "models:/pql-account-scorer@challenger",
                             "--no-log-mlflow", "--out", str(tmp_path / "c.parquet"), *uri])
