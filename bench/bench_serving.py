@@ -127,6 +127,17 @@ def timed_requests(fn, n_clients: int, max_requests: int, max_seconds: float) ->
             "per_s": len(lat) / wall, "wall_s": wall}
 
 
+def _terminate_group(proc, wait_s: float) -> None:
+    """SIGTERM the server's process group, SIGKILL it if it is still there after ``wait_s``."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(wait_s)
+            return
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            continue
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--accounts", type=int, default=600, help="accounts in the generated world")
@@ -193,13 +204,7 @@ def main() -> None:
                 time.sleep(0.5)
 
         def stop_server(proc):
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                try:
-                    os.killpg(proc.pid, sig)
-                    proc.wait(30)
-                    break
-                except (ProcessLookupError, subprocess.TimeoutExpired):
-                    continue
+            _terminate_group(proc, wait_s=30)
             # The worker may outlive `pql serve` by a moment: wait until nothing answers on the
             # port, so the next start_server's readiness check cannot see the old server.
             deadline = time.monotonic() + 60
@@ -412,13 +417,7 @@ def main() -> None:
                           "limit_rows_per_s": best}, default=str))
     finally:
         if server is not None and server.poll() is None:
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                try:
-                    os.killpg(server.pid, sig)
-                    server.wait(15)
-                    break
-                except (ProcessLookupError, subprocess.TimeoutExpired):
-                    continue
+            _terminate_group(server, wait_s=15)
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
