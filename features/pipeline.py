@@ -49,6 +49,7 @@ from typing import Any
 
 import ibis
 import ibis.expr.types as ir
+import numpy as np
 import pandas as pd
 
 from features.schema import (
@@ -258,6 +259,16 @@ class _Plan:
     def bucket_epoch(self, bucket):
         return _cases([(bucket == i, ibis.literal(e, type="float64")) for i, e in enumerate(self.epochs)])
 
+    def decay(self, t: ir.Table) -> ir.FloatingValue:
+        """Decay of each event of ``t`` measured at the end of its own bucket (never overflows);
+        the pairs table's factor carries it on to later cutoffs:
+        exp(-r (T_k - t)) = exp(-r (T_k - T_b)) exp(-r (T_b - t)). Used inside aggregates, so an
+        engine computes it only for the rows an aggregate's condition keeps."""
+        return ((self.bucket_epoch(t.bucket) - _epoch(t.timestamp)) * (-self.rate)).exp()
+
+    def cutoff_literal(self, k: int) -> ir.TimestampValue:
+        return ibis.literal(self.cutoffs[k].to_pydatetime(), type="timestamp")
+
     def epoch_literal(self, k: int) -> ir.FloatingValue:
         return ibis.literal(self.epochs[k], type="float64")
 
@@ -356,33 +367,24 @@ def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Ta
         "cat_key": pd.Series([_CAT_KEY + cat_index[m.category] for m in milestones], dtype="int64"),
         "min_count": pd.Series([m.min_count for m in milestones], dtype="int64"),
         "min_users": pd.Series([m.min_users for m in milestones], dtype="int64")}))
-    # Rules beyond "event in list" (where / within_days / the n-th event) need event-level rows.
-    eventwise = [m for m in milestones if m.where or m.within_days or m.min_count > 1]
-    simple = [m for m in milestones if m not in eventwise]
     counted = [index[m.name] for m in milestones if m.min_count > 1]
     crowd = [index[m.name] for m in milestones if m.min_users > 1]
 
-    # --- the one full pass: events before the last cutoff (the only place the future is cut away)
-    # reduced to one row per (account, user, event, source, bucket). Bucket b holds the events in
-    # [T_{b-1}, T_b); per-cutoff values are sums over buckets <= k of this much smaller table.
+    # --- events before the last cutoff: the only place the future is cut away. Bucket b holds
+    # the events in [T_{b-1}, T_b); per-cutoff values are sums over buckets <= k. Three narrow
+    # passes read the events (users, accounts, milestone events), each grouping by no more keys
+    # than its features need: one wide (account, user, event, bucket) pass would make a table
+    # nearly as long as the events that every later step then re-reads.
     last_cut = ibis.literal(plan.cutoffs[-1].to_pydatetime(), type="timestamp")
     ev = events.filter(events.account_id.notnull() & (events.timestamp < last_cut))
     ev = ev.mutate(is_mkt=ev.source.fill_null("product") == "marketing", bucket=plan.bucket(ev.timestamp))
-    # decay of each event measured at the end of its own bucket (never overflows); the pairs
-    # table's factor carries it on to later cutoffs: exp(-r (T_k - t)) = exp(-r (T_k - T_b)) exp(-r (T_b - t))
-    ev = ev.mutate(decay_b=((plan.bucket_epoch(ev.bucket) - _epoch(ev.timestamp)) * (-plan.rate)).exp())
-    compact = mat(ev.group_by("account_id", "user_id", "event", "is_mkt", "bucket").aggregate(
-        n=ev.count(), first_ts=ev.timestamp.min(), last_ts=ev.timestamp.max(), s=ev.decay_b.sum()))
-    product = compact.filter(~compact.is_mkt)
+    product = ev.filter(~ev.is_mkt)
 
-    # --- per (account, user): first product event, and last product event before each cutoff
-    # via (account, user, bucket): a narrow 3-aggregate pass over the compact table, then the
-    # per-cutoff CASEs on a fifth of its rows; it also gives the all-events count per bucket
-    user_bucket = mat(product.group_by("account_id", "user_id", "bucket").aggregate(
-        first_ts=product.first_ts.min(), last_ts=product.last_ts.max(), n=product.n.cast("float64").sum()))
-    users = user_bucket.group_by("account_id", "user_id").aggregate(
-        first_ts=user_bucket.first_ts.min(),
-        **{f"last_{k}": _only(user_bucket.bucket <= k, user_bucket.last_ts).max() for k in range(n_cuts)})
+    # --- pass 1, per (account, user): first product event and last one before each cutoff
+    users = product.group_by("account_id", "user_id").aggregate(
+        first_ts=product.timestamp.min(),
+        **{f"last_{k}": _only(product.timestamp < plan.cutoff_literal(k), product.timestamp).max()
+           for k in range(n_cuts)})
     activity_aggs: dict[str, ir.Value] = {"first_product": users.first_ts.min()}
     for k in range(n_cuts):
         last = users[f"last_{k}"]
@@ -390,7 +392,7 @@ def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Ta
         activity_aggs[f"a7_{k}"] = (age <= 7).sum()  # last event in [T - 7d, T)
         activity_aggs[f"a30_{k}"] = (age <= 30).sum()
         activity_aggs[f"seen_{k}"] = last.count()
-    activity = users.group_by("account_id").aggregate(**activity_aggs)
+    activity = mat(users.group_by("account_id").aggregate(**activity_aggs))
 
     # --- account start: CRM created_at, else first product event (min < T iff any event < T)
     acct_cols = ["account_id", "created_at", *fit_columns]
@@ -403,42 +405,20 @@ def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Ta
                              start=ibis.coalesce(started.created_at.cast("timestamp"), started.first_product))
     started = mat(started.filter(started.start.notnull()))
 
-    # --- event-level qualifying rows, only for the milestones that need them (a second, narrow
-    # scan: the parquet reader skips row groups and columns the event filter rules out)
-    qev = None
-    if eventwise:
-        needed = sorted({e for m in eventwise for e in m.events})
-        sub = ev.filter(~ev.is_mkt & ev.event.isin(needed))
-        if any(m.within_days for m in eventwise):
-            sub = _left(sub, started, ["account_id"])
-        parts = []
-        for m in eventwise:
-            cond = sub.event.isin(m.events)
-            if m.where:
-                cond = cond & _where_predicate(sub.properties, m.where)
-            if m.within_days:
-                cond = cond & (sub.timestamp <= sub.start + ibis.interval(days=m.within_days))
-            parts.append(sub.filter(cond).select("account_id", "user_id", "timestamp", "bucket", "decay_b",
-                                                 mi=ibis.literal(index[m.name], type="int64")))
-        qev = mat(_union(parts))
-
-    # --- qualifying rows per (account, user, milestone, bucket)
-    long_parts = []
-    if simple:
-        mapping = ibis.memtable(pd.DataFrame({
-            "event": pd.Series([e for m in simple for e in m.events], dtype="object"),
-            "mi": pd.Series([index[m.name] for m in simple for _ in m.events], dtype="int64")}))
-        j = product.join(mapping, "event")
-        long_parts.append(j.select("account_id", "user_id", "mi", "bucket", "n", "first_ts", "last_ts", "s"))
-    if eventwise:
-        long_parts.append(qev.group_by("account_id", "user_id", "mi", "bucket").aggregate(
-            n=qev.count(), first_ts=qev.timestamp.min(), last_ts=qev.timestamp.max(), s=qev.decay_b.sum()))
-    mlong = mat(_union(long_parts))
+    # --- pass 2, milestone events: qualifying rows reduced per (account, user, milestone, bucket)
+    q = _qualifying(product, milestones, index, started)
+    mlong = mat(q.group_by("account_id", "user_id", "mi", "bucket").aggregate(
+        n=q.count(), first_ts=q.timestamp.min(), last_ts=q.timestamp.max(), s=plan.decay(q).sum()))
     per_user = mat(mlong.group_by("account_id", "mi", "user_id").aggregate(
         user_first=mlong.first_ts.min(), user_bucket=mlong.bucket.min()))
+    # the n-th qualifying event of a min_count rule needs event-level rows again, only its own
+    qev = _qualifying(product, [m for m in milestones if index[m.name] in counted], index, started) \
+        if counted else None
 
     # --- reached_at per (account, milestone): cutoff-independent (depends on history before it)
-    reached = _reached_at(per_user, qev, params, counted, crowd)
+    # materialised: its n-th-event window re-reads the events, which the final query reads too
+    # (a second reader would make the engine spool the whole event scan)
+    reached = mat(_reached_at(per_user, qev, params, counted, crowd))
     reached_wide = reached.group_by("account_id").aggregate(**{
         f"ra_{i}": _only(reached.mi == i, reached.reached_at).max() for i in range(len(milestones))})
 
@@ -466,17 +446,12 @@ def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Ta
     user_cat = _user_category_bucket(per_user, mlong, params, counted, plan)
     cat_users = user_cat.group_by("account_id", "bucket").aggregate(**{
         f"acct__users_{c}": _only(user_cat.cat_key == _CAT_KEY + i, one).sum() for c, i in cat_index.items()})
-    # the family/demand-gen pivot reads only the rows one of its columns counts (a CASE per
-    # column per row is the cost of a pivot); the all-events count comes from user_bucket
-    fam_events = sorted({e for evs in fam.values() for e in evs})
-    wanted = (~compact.is_mkt & compact.event.isin(fam_events or [""])) | (
-        compact.is_mkt & compact.event.isin(marketing_events or [""]))
-    rel = compact.filter(wanted)
-    prod_row, mkt_row, n_rel = ~rel.is_mkt, rel.is_mkt, rel.n.cast("float64")
-    raw_dg = rel.group_by("account_id", "bucket").aggregate(
-        **{f"raw__{f}": _only(prod_row & rel.event.isin(list(evs)), n_rel).sum() for f, evs in fam.items()},
-        **{_dg_name(e): _only(mkt_row & (rel.event == e), rel.s).sum() for e in marketing_events})
-    all_events = user_bucket.group_by("account_id", "bucket").aggregate(raw__all_events=user_bucket.n.sum())
+    # --- pass 3, per (account, bucket): raw activity families, demand gen and all product events
+    prod_row, mkt_row = ~ev.is_mkt, ev.is_mkt
+    raw_dg = ev.group_by("account_id", "bucket").aggregate(
+        **{f"raw__{f}": _only(prod_row & ev.event.isin(list(evs)), one).sum() for f, evs in fam.items()},
+        **{_dg_name(e): _only(mkt_row & (ev.event == e), plan.decay(ev)).sum() for e in marketing_events},
+        raw__all_events=_only(prod_row, one).sum())
 
     # each part accumulated on its own: a union would make every row carry every column
     parts = [
@@ -486,8 +461,7 @@ def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Ta
         plan.cumulate(new_users, ["account_id"], lambda j: {f"u_{i}": j[f"u_{i}"].sum() for i in n_ms}),
         plan.cumulate(cat_users, ["account_id"], lambda j: {c: j[c].sum() for c in cat_cols}),
         plan.cumulate(raw_dg, ["account_id"], lambda j: {
-            **{c: j[c].sum() for c in raw_cols[:-1]}, **{c: (j[c] * j.factor).sum() for c in dg_cols}}),
-        plan.cumulate(all_events, ["account_id"], lambda j: {"raw__all_events": j.raw__all_events.sum()}),
+            **{c: j[c].sum() for c in raw_cols}, **{c: (j[c] * j.factor).sum() for c in dg_cols}}),
     ]
 
     # --- snapshot rows: accounts started before T (and, for training, not converted before T
@@ -518,13 +492,15 @@ def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Ta
     else:
         snap = snap.mutate(label=ibis.null().cast("int64"))
 
-    x = snap
-    for part in parts:
-        x = _left(x, part, ["account_id", "k"])
-    x = _left(x, reached_wide, ["account_id"])
-    x = _left(x, activity.drop("first_product"), ["account_id"])
+    # one join chain (a single flat SELECT): nesting a select per join made the SQL, and the
+    # time to compile it, grow with every part
+    rights = [(part, ["account_id", "k"]) for part in parts]
+    rights += [(reached_wide, ["account_id"]), (activity.drop("first_product"), ["account_id"])]
     if fit_columns:
-        x = _left(x, acc.select("account_id", *fit_columns), ["account_id"])
+        rights.append((acc.select("account_id", *fit_columns), ["account_id"]))
+    x = snap
+    for i, (right, keys) in enumerate(rights):
+        x = x.left_join(right, keys, rname=f"{{name}}_r{i}")
 
     cols: dict[str, ir.Value] = {"account_id": x.account_id, "cutoff": x.cutoff, LABEL_COLUMN: x.label}
 
@@ -567,6 +543,36 @@ def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Ta
     # Unordered: sorting 300k wide rows in the engine costs more than in pandas, and every
     # caller goes through _finish, which sorts by (cutoff, account_id).
     return x.select(**cols)
+
+
+def _qualifying(product: ir.Table, milestones: list, index: dict[str, int], started: ir.Table) -> ir.Table:
+    """Event-level rows ``(account_id, user_id, mi, timestamp, bucket)``: one per product
+    event and milestone whose rule (event list, ``where``, ``within_days``) it meets.
+
+    One scan and one join with an (event, milestone) table serve every milestone; an event can
+    count for several. Rule conditions are a CASE on the milestone, so each row evaluates only
+    its own milestone's condition (the JSON ``where`` parse runs on that milestone's events only).
+    """
+    mapping = ibis.memtable(pd.DataFrame({
+        "event": pd.Series([e for m in milestones for e in m.events], dtype="object"),
+        "mi": pd.Series([index[m.name] for m in milestones for _ in m.events], dtype="int64")}))
+    sub = product.filter(product.event.isin(sorted({e for m in milestones for e in m.events})))
+    sub = sub.join(mapping, "event")
+    if any(m.within_days for m in milestones):
+        sub = _left(sub, started, ["account_id"])
+    rules = []
+    for m in milestones:
+        cond = None
+        if m.where:
+            cond = _where_predicate(sub.properties, m.where)
+        if m.within_days:
+            near = sub.timestamp <= sub.start + ibis.interval(days=m.within_days)
+            cond = near if cond is None else cond & near
+        if cond is not None:
+            rules.append((sub.mi == index[m.name], cond.fill_null(False)))
+    if rules:
+        sub = sub.filter(ibis.cases(*rules, else_=True))
+    return sub.select("account_id", "user_id", "mi", "timestamp", "bucket")
 
 
 def _nth(t: ir.Table, partition: list[str], order: list[str], n_col: str, value: str, out: str) -> ir.Table:
@@ -706,21 +712,50 @@ def _fit_dtypes(accounts: pd.DataFrame, fit_columns: list[str]) -> dict[str, str
     return out
 
 
-def _finish(frame: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
-    """Deterministic dtypes: bools, int64 counts, float days, pandas categories for fit."""
-    for name, dtype in zip(manifest["name"], manifest["dtype"]):
-        if name not in frame.columns:
-            frame[name] = pd.NA if dtype != "float64" else float("nan")
-        if dtype == "category":
-            frame[name] = frame[name].astype("string").astype("category")
-        elif dtype == "bool":
-            frame[name] = frame[name].fillna(False).astype("bool")
-        else:
-            frame[name] = frame[name].astype(dtype)
-    frame["cutoff"] = frame["cutoff"].astype("datetime64[us]")
+def _arrow_frame(table) -> pd.DataFrame:
+    """An engine's Arrow result as pandas, sorted by (cutoff, account_id).
+
+    Sorted in Arrow and converted with one block per column: pandas' own sort and its block
+    consolidation each copy all 313k x 101 values again, and fresh memory is the dominant
+    cost of that (0.24 s this way against 1.7 s, see docs/performance.md).
+    """
+    import pyarrow.compute as pc
+
+    order = pc.sort_indices(table, sort_keys=[("cutoff", "ascending"), ("account_id", "ascending")])
+    return table.take(order).to_pandas(split_blocks=True, self_destruct=True)
+
+
+def _finish(frame: pd.DataFrame, manifest: pd.DataFrame, *, presorted: bool = False) -> pd.DataFrame:
+    """Deterministic dtypes (bools, int64 counts, float days, pandas categories for fit) and row
+    order (cutoff, then account_id; ``presorted`` says the frame already has it).
+
+    Only columns whose dtype differs are converted, in place of the old column, so a frame
+    from :func:`_arrow_frame` is neither copied nor consolidated.
+    """
+    frame = frame.copy(deep=False)
     frame["account_id"] = frame["account_id"].astype("string")
-    cols = [*SNAPSHOT_KEYS, LABEL_COLUMN, *manifest["name"]]
-    return frame[cols].sort_values(["cutoff", "account_id"], kind="stable").reset_index(drop=True)
+    if frame["cutoff"].dtype != "datetime64[us]":
+        frame["cutoff"] = frame["cutoff"].astype("datetime64[us]")
+    for name, dtype in zip(manifest["name"], manifest["dtype"]):
+        if name in frame.columns:
+            col = frame[name]
+        else:
+            col = pd.Series(pd.NA if dtype != "float64" else float("nan"), index=frame.index, dtype="object")
+        if dtype == "category":
+            col = col.astype("string").astype("category")
+        elif dtype == "bool":
+            col = col if col.dtype == "bool" else col.fillna(False).astype("bool")
+        elif col.dtype != dtype:
+            col = col.astype(dtype)
+        if name not in frame.columns or col is not frame[name]:
+            frame[name] = col
+    out = frame[[*SNAPSHOT_KEYS, LABEL_COLUMN, *manifest["name"]]]
+    if presorted:
+        return out.reset_index(drop=True)
+    # a stable sort on (cutoff, account code): what sort_values does, without comparing strings
+    codes, _ = pd.factorize(out["account_id"], sort=True)
+    order = np.lexsort((codes, out["cutoff"].to_numpy().view("int64")))
+    return out.take(order).reset_index(drop=True)
 
 
 def _warn_unused(spec: MilestoneSpec, event_names: Iterable[str]) -> None:
@@ -842,7 +877,7 @@ def _run(con, events, accounts, conversions, spec, cutoffs, fit_cols, fit_dtypes
         try:
             # Arrow, then one plain conversion: Ibis's own to_pandas re-types every column in
             # Python (~2.5 s on 313k x 101); _finish sets the manifest's dtypes anyway.
-            return con.to_pyarrow(expr).to_pandas()
+            return _arrow_frame(con.to_pyarrow(expr))
         finally:
             if materialize is not None:
                 materialize.close()
@@ -856,7 +891,7 @@ def _run(con, events, accounts, conversions, spec, cutoffs, fit_cols, fit_dtypes
             frame = work()
     else:
         frame = work()
-    return FeatureSet(_finish(frame, manifest), manifest)
+    return FeatureSet(_finish(frame, manifest, presorted=True), manifest)
 
 
 def online_features(events: pd.DataFrame, spec: MilestoneSpec, cutoff, *, accounts: pd.DataFrame | None = None,
