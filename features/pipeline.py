@@ -9,9 +9,11 @@ How it stays cheap (and leak-free)
 ----------------------------------
 * Events are cut into *buckets* by the cutoffs: bucket ``b`` holds events with
   ``T[b-1] <= timestamp < T[b]``; events after the last cutoff are dropped up front, which is
-  what makes the features blind to the future. One group-by reduces the events to a compact
-  table per (account, user, event, bucket); every per-cutoff count is then a cumulative sum over
-  buckets ``<= k``: per-(account, bucket) rows are pivoted wide first and then joined on equality
+  what makes the features blind to the future. Three narrow group-bys read the events, each
+  keyed by no more than its features need: per (account, user) for activity, per (account,
+  user, milestone, bucket) over milestone events only, per (account, bucket) for raw activity
+  and demand gen. Every per-cutoff count is then a cumulative sum over buckets ``<= k``:
+  per-(account, bucket) rows are pivoted wide first and then joined on equality
   to a tiny ``(bucket, k, factor)`` table, never a cross or inequality join of big tables.
 * DuckDB-specific costs shape the SQL (see docs/performance.md): conditional aggregates are
   ``agg(CASE WHEN ...)`` rather than ``FILTER (WHERE ...)``, counts are summed as DOUBLE, and
@@ -817,7 +819,7 @@ def compute_features_from_files(events_path, accounts_path, conversions_path, sp
                                 cache: bool = True) -> FeatureSet:
     """Same as :func:`compute_features` but reads parquet lazily in DuckDB (larger than memory).
 
-    Events must already carry their ``account_id``; ``cache`` materialises the compact
+    Events must already carry their ``account_id``; ``cache`` materialises the reused
     intermediate tables once instead of letting DuckDB recompute them for every use.
     """
     if con is None:
