@@ -72,7 +72,7 @@ def reference_features(events: pd.DataFrame, accounts: pd.DataFrame, conversions
     qual = {}
     reached_at = {}
     user_reached = {}
-    for m in spec.milestones:
+    for m in [*spec.milestones, *spec.warning_signs]:  # a warning sign has the same rule fields
         q = product[product["event"].isin(m.events)]
         if m.where:
             q = q[[_matches(p, m.where) for p in q["properties"]]]
@@ -123,6 +123,16 @@ def reference_features(events: pd.DataFrame, accounts: pd.DataFrame, conversions
             snap[f"ms__{m.name}__days_since_last"] = days(g["timestamp"].max().reindex(snap.index))
             w = np.exp(-LN2 * (T - q["timestamp"]).dt.total_seconds() / 86400.0 / hl)
             snap[f"ms__{m.name}__decayed"] = w.groupby(q["account_id"]).sum().reindex(snap.index).fillna(0.0)
+        for ws in spec.warning_signs:
+            q = qual[ws.name]
+            q = q[q["timestamp"] < T]
+            g = q.groupby("account_id")
+            ra = reached_at[ws.name].reindex(snap.index)
+            snap[f"ws__{ws.name}__reached"] = ra.notna() & (ra < T)
+            snap[f"ws__{ws.name}__count"] = g.size().reindex(snap.index).fillna(0).astype("int64")
+            snap[f"ws__{ws.name}__days_since_last"] = days(g["timestamp"].max().reindex(snap.index))
+            w = np.exp(-LN2 * (T - q["timestamp"]).dt.total_seconds() / 86400.0 / hl)
+            snap[f"ws__{ws.name}__decayed"] = w.groupby(q["account_id"]).sum().reindex(snap.index).fillna(0.0)
         for sq in spec.sequences:
             times = [reached_at[st].reindex(snap.index) for st in sq.steps]
             ok = pd.concat([t.notna() for t in times], axis=1).all(axis=1)

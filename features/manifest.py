@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 MANIFEST_COLUMNS = ("name", "family", "milestone", "description", "dtype")
-FAMILIES = ("milestone", "sequence", "account", "fit", "demand_gen", "activity")
+FAMILIES = ("milestone", "sequence", "warning", "account", "fit", "demand_gen", "activity")
 
 
 def manifest_path_for(features_path: str | Path) -> Path:

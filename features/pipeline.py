@@ -67,6 +67,7 @@ from features.spec import CATEGORIES, MilestoneSpec
 __all__ = [
     "FeatureSet",
     "MILESTONE_STATS",
+    "WARNING_STATS",
     "build_feature_table",
     "compute_features",
     "compute_features_from_files",
@@ -78,6 +79,8 @@ __all__ = [
 
 #: Per-milestone statistics, in column order.
 MILESTONE_STATS = ("reached", "count", "users", "days_since_first", "days_since_last", "decayed")
+#: Per-warning-sign statistics, in column order (``ws__<name>__<stat>``).
+WARNING_STATS = ("reached", "count", "days_since_last", "decayed")
 _LN2 = math.log(2.0)
 _DAY = 86400.0
 Materialize = Callable[[ir.Table], ir.Table]
@@ -174,6 +177,15 @@ def feature_manifest(spec: MilestoneSpec, fit_columns: Sequence[str] | None = No
         rows += [
             (f"seq__{s.name}__completed", "sequence", s.name, f"completed in order: {s.wording}", "bool"),
             (f"seq__{s.name}__days_since", "sequence", s.name, f"days since completing: {s.wording}", "float64"),
+        ]
+    for w in spec.warning_signs:
+        what = w.label
+        rows += [
+            (f"ws__{w.name}__reached", "warning", w.name, f"warning sign: {what}", "bool"),
+            (f"ws__{w.name}__count", "warning", w.name, f"number of times the account {what}", "int64"),
+            (f"ws__{w.name}__days_since_last", "warning", w.name, f"days since a user last {what}", "float64"),
+            (f"ws__{w.name}__decayed", "warning", w.name,
+             f"recent warning sign: {what} (weighted, half-life {hl:g} days)", "float64"),
         ]
     rows += [
         ("acct__active_users_7d", "account", None, "users active in the last 7 days", "int64"),
@@ -360,17 +372,22 @@ def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Ta
         marketing_events = _marketing_events(events)
     marketing_events = sorted(set(marketing_events))
     milestones = list(spec.milestones)
-    index = {m.name: i for i, m in enumerate(milestones)}
+    warning_signs = list(spec.warning_signs)
+    # Warning signs have the same rule fields, so they ride along every milestone step (indices
+    # after the milestones'); only the per-user and per-category counts leave them out.
+    tracked = [*milestones, *warning_signs]
+    index = {m.name: i for i, m in enumerate(tracked)}
     cat_index = {c: i for i, c in enumerate(CATEGORIES)}
     # Milestone parameters as a small table: one join/window serves every milestone, so the plan
     # does not grow with the number of milestones.
     params = ibis.memtable(pd.DataFrame({
-        "mi": pd.Series(range(len(milestones)), dtype="int64"),
-        "cat_key": pd.Series([_CAT_KEY + cat_index[m.category] for m in milestones], dtype="int64"),
-        "min_count": pd.Series([m.min_count for m in milestones], dtype="int64"),
-        "min_users": pd.Series([m.min_users for m in milestones], dtype="int64")}))
-    counted = [index[m.name] for m in milestones if m.min_count > 1]
-    crowd = [index[m.name] for m in milestones if m.min_users > 1]
+        "mi": pd.Series(range(len(tracked)), dtype="int64"),
+        "cat_key": pd.Series([_CAT_KEY + cat_index.get(getattr(m, "category", None), len(CATEGORIES))
+                              for m in tracked], dtype="int64"),
+        "min_count": pd.Series([m.min_count for m in tracked], dtype="int64"),
+        "min_users": pd.Series([m.min_users for m in tracked], dtype="int64")}))
+    counted = [index[m.name] for m in tracked if m.min_count > 1]
+    crowd = [index[m.name] for m in tracked if m.min_users > 1]
 
     # --- events before the last cutoff: the only place the future is cut away. Bucket b holds
     # the events in [T_{b-1}, T_b); per-cutoff values are sums over buckets <= k. Three narrow
@@ -408,13 +425,13 @@ def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Ta
     started = mat(started.filter(started.start.notnull()))
 
     # --- pass 2, milestone events: qualifying rows reduced per (account, user, milestone, bucket)
-    q = _qualifying(product, milestones, index, started)
+    q = _qualifying(product, tracked, index, started)
     mlong = mat(q.group_by("account_id", "user_id", "mi", "bucket").aggregate(
         n=q.count(), first_ts=q.timestamp.min(), last_ts=q.timestamp.max(), s=plan.decay(q).sum()))
     per_user = mat(mlong.group_by("account_id", "mi", "user_id").aggregate(
         user_first=mlong.first_ts.min(), user_bucket=mlong.bucket.min()))
     # the n-th qualifying event of a min_count rule needs event-level rows again, only its own
-    qev = _qualifying(product, [m for m in milestones if index[m.name] in counted], index, started) \
+    qev = _qualifying(product, [m for m in tracked if index[m.name] in counted], index, started) \
         if counted else None
 
     # --- reached_at per (account, milestone): cutoff-independent (depends on history before it)
@@ -422,7 +439,7 @@ def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Ta
     # (a second reader would make the engine spool the whole event scan)
     reached = mat(_reached_at(per_user, qev, params, counted, crowd))
     reached_wide = reached.group_by("account_id").aggregate(**{
-        f"ra_{i}": _only(reached.mi == i, reached.reached_at).max() for i in range(len(milestones))})
+        f"ra_{i}": _only(reached.mi == i, reached.reached_at).max() for i in range(len(tracked))})
 
     # --- every per-(account, bucket) quantity, pivoted to one wide row per (account, bucket) from
     # each source, then accumulated over buckets <= k by ONE join with the pairs table. Pivoting
@@ -430,6 +447,7 @@ def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Ta
     # aggregates, not FILTER clauses: DuckDB runs dozens of FILTERed aggregates in one large
     # GROUP BY an order of magnitude slower.
     n_ms = range(len(milestones))
+    n_tracked = range(len(tracked))
     fam = spec.settings.activity_events
     raw_cols = [f"raw__{f}" for f in fam] + ["raw__all_events"]
     dg_cols = [_dg_name(e) for e in marketing_events]
@@ -438,14 +456,19 @@ def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Ta
     # counts are summed as DOUBLE (exact below 2**53): DuckDB's BIGINT sum keeps a slow HUGEINT state
     n_float, s_float = mlong.n.cast("float64"), mlong.s
     by_milestone = mlong.group_by("account_id", "bucket").aggregate(**{
-        name: expr for i in n_ms for name, expr in (
+        name: expr for i in n_tracked for name, expr in (
             (f"c_{i}", _only(mlong.mi == i, n_float).sum()),
             (f"l_{i}", _only(mlong.mi == i, mlong.last_ts).max()),
             (f"d_{i}", _only(mlong.mi == i, s_float).sum()))})
+    # per-user and per-category counts are about milestones (a warning sign has no category)
+    ms_users, ms_long = per_user, mlong
+    if warning_signs:
+        ms_users = per_user.filter(per_user.mi < len(milestones))
+        ms_long = mlong.filter(mlong.mi < len(milestones))
     # a user counts from the bucket of their first qualifying event on
-    new_users = per_user.group_by("account_id", bucket=per_user.user_bucket).aggregate(**{
-        f"u_{i}": _only(per_user.mi == i, one).sum() for i in n_ms})
-    user_cat = _user_category_bucket(per_user, mlong, params, counted, plan)
+    new_users = ms_users.group_by("account_id", bucket=ms_users.user_bucket).aggregate(**{
+        f"u_{i}": _only(ms_users.mi == i, one).sum() for i in n_ms})
+    user_cat = _user_category_bucket(ms_users, ms_long, params, [i for i in counted if i < len(milestones)], plan)
     cat_users = user_cat.group_by("account_id", "bucket").aggregate(**{
         f"acct__users_{c}": _only(user_cat.cat_key == _CAT_KEY + i, one).sum() for c, i in cat_index.items()})
     # --- pass 3, per (account, bucket): raw activity families, demand gen and all product events
@@ -458,8 +481,8 @@ def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Ta
     # each part accumulated on its own: a union would make every row carry every column
     parts = [
         plan.cumulate(by_milestone, ["account_id"], lambda j: {
-            **{f"c_{i}": j[f"c_{i}"].sum() for i in n_ms}, **{f"l_{i}": j[f"l_{i}"].max() for i in n_ms},
-            **{f"d_{i}": (j[f"d_{i}"] * j.factor).sum() for i in n_ms}}),
+            **{f"c_{i}": j[f"c_{i}"].sum() for i in n_tracked}, **{f"l_{i}": j[f"l_{i}"].max() for i in n_tracked},
+            **{f"d_{i}": (j[f"d_{i}"] * j.factor).sum() for i in n_tracked}}),
         plan.cumulate(new_users, ["account_id"], lambda j: {f"u_{i}": j[f"u_{i}"].sum() for i in n_ms}),
         plan.cumulate(cat_users, ["account_id"], lambda j: {c: j[c].sum() for c in cat_cols}),
         plan.cumulate(raw_dg, ["account_id"], lambda j: {
@@ -528,6 +551,13 @@ def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Ta
         done = done_at.notnull() & (done_at < x.cutoff)
         cols[f"seq__{s.name}__completed"] = done.fill_null(False)
         cols[f"seq__{s.name}__days_since"] = ibis.ifelse(done, days_to_t(done_at), ibis.null()).cast("float64")
+    for w in warning_signs:
+        i = index[w.name]
+        ra = x[f"ra_{i}"]
+        cols[f"ws__{w.name}__reached"] = (ra.notnull() & (ra < x.cutoff)).fill_null(False)
+        cols[f"ws__{w.name}__count"] = x[f"c_{i}"].fill_null(0).cast("int64")
+        cols[f"ws__{w.name}__days_since_last"] = days_to_t(x[f"l_{i}"]).cast("float64")
+        cols[f"ws__{w.name}__decayed"] = x[f"d_{i}"].fill_null(0.0).cast("float64")
     cols["acct__active_users_7d"] = at_k("a7").fill_null(0).cast("int64")
     cols["acct__active_users_30d"] = at_k("a30").fill_null(0).cast("int64")
     seen = at_k("seen").fill_null(0)

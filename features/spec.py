@@ -100,7 +100,24 @@ class Settings(_Strict):
                                  "api_calls": ["api_call"]})
 
 
-class Milestone(_Strict):
+class _Rule(_Strict):
+    """What milestones and warning signs share: a rule over named events (fields are declared
+    by each, so a milestone file lists them in its own order)."""
+
+    @field_validator("event", check_fields=False)
+    @classmethod
+    def _event_not_empty(cls, v):
+        if isinstance(v, list) and not v or isinstance(v, str) and not v.strip():
+            raise ValueError("must name at least one event")
+        return v
+
+    @property
+    def events(self) -> list[str]:
+        """The rule's event names as a list."""
+        return [self.event] if isinstance(self.event, str) else list(self.event)
+
+
+class Milestone(_Rule):
     """One milestone: a rule over an account's events that marks value realised."""
 
     name: Identifier
@@ -114,17 +131,25 @@ class Milestone(_Strict):
     points: float = 10.0
     description: str | None = None
 
-    @field_validator("event")
-    @classmethod
-    def _event_not_empty(cls, v):
-        if isinstance(v, list) and not v or isinstance(v, str) and not v.strip():
-            raise ValueError("must name at least one event")
-        return v
 
-    @property
-    def events(self) -> list[str]:
-        """The rule's event names as a list."""
-        return [self.event] if isinstance(self.event, str) else list(self.event)
+class WarningSign(_Rule):
+    """A rule over an account's events that marks lost interest or trouble (an unregistration, a
+    downgrade, a cancelled seat): converters do it far less often.
+
+    Same rule fields as a :class:`Milestone` but no category and no points: it is not value
+    realised, so it never counts toward a category or the rules-based points model. The model
+    learns how much it lowers the score (a monotone-decreasing constraint) and explanations say
+    so in its ``label``'s words.
+    """
+
+    name: Identifier
+    label: str
+    event: str | list[str]
+    where: dict[str, Any] | None = None
+    min_count: int = Field(1, ge=1)
+    within_days: int | None = Field(None, ge=1)
+    min_users: int = Field(1, ge=1)
+    description: str | None = None
 
 
 class Sequence(_Strict):
@@ -149,6 +174,7 @@ class MilestoneSpec(_Strict):
     settings: Settings = Field(default_factory=Settings)
     milestones: list[Milestone] = Field(min_length=1)
     sequences: list[Sequence] = Field(default_factory=list)
+    warning_signs: list[WarningSign] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _references_resolve(self):
@@ -156,10 +182,15 @@ class MilestoneSpec(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"milestone names must be unique; repeated: {dupes}")
+        warns = [w.name for w in self.warning_signs]
+        clash = sorted({n for n in warns if warns.count(n) > 1 or n in names})
+        if clash:
+            raise ValueError(f"warning sign names must be unique and differ from milestone names; repeated: {clash}")
         for s in self.sequences:
             unknown = [st for st in s.steps if st not in names]
             if unknown:
-                raise ValueError(f"sequence '{s.name}' names unknown milestones {unknown}")
+                hint = " (warning signs cannot be sequence steps)" if set(unknown) & set(warns) else ""
+                raise ValueError(f"sequence '{s.name}' names unknown milestones {unknown}{hint}")
         return self
 
     def milestone(self, name: str) -> Milestone:
@@ -171,13 +202,14 @@ class MilestoneSpec(_Strict):
 
     @property
     def all_events(self) -> set[str]:
-        """Every event name any milestone rule uses."""
-        return {e for m in self.milestones for e in m.events}
+        """Every event name any milestone or warning-sign rule uses."""
+        return {e for m in [*self.milestones, *self.warning_signs] for e in m.events}
 
     def unused_milestones(self, event_names) -> list[str]:
-        """Milestones none of whose events occur in ``event_names`` (a warning, not an error)."""
+        """Milestones and warning signs none of whose events occur in ``event_names`` (a
+        warning, not an error)."""
         present = set(event_names)
-        return [m.name for m in self.milestones if not present.intersection(m.events)]
+        return [m.name for m in [*self.milestones, *self.warning_signs] if not present.intersection(m.events)]
 
     def to_yaml(self) -> str:
         """Serialise to YAML in a stable, human-editable order."""
@@ -191,7 +223,7 @@ def _describe_error(err: ValidationError, raw: dict) -> str:
         loc = e["loc"]
         where = ".".join(str(p) for p in loc)
         entry = ""
-        if len(loc) >= 2 and loc[0] in ("milestones", "sequences") and isinstance(loc[1], int):
+        if len(loc) >= 2 and loc[0] in ("milestones", "sequences", "warning_signs") and isinstance(loc[1], int):
             try:
                 item = raw[loc[0]][loc[1]]
                 entry = f" (entry: {item.get('name', item) if isinstance(item, dict) else item!r})"
@@ -208,7 +240,8 @@ def parse_milestones(text: str, source: str = "milestones.yaml") -> MilestoneSpe
     except yaml.YAMLError as e:
         raise SpecError(f"{source}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
-        raise SpecError(f"{source}: expected a mapping with 'milestones' (and optional 'settings', 'sequences')")
+        raise SpecError(f"{source}: expected a mapping with 'milestones' "
+                        "(and optional 'settings', 'sequences', 'warning_signs')")
     try:
         return MilestoneSpec.model_validate(raw)
     except ValidationError as e:

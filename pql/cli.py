@@ -257,6 +257,9 @@ def discover(
     if s["warning_signs"]:
         typer.echo(f"warning signs (lift <= {s['warning_lift']}, not milestones): {s['warning_signs']} candidates "
                    f"on {', '.join(s['warning_sign_events'])} — see report.html and column 'warning_sign'")
+    for w in disc.spec.warning_signs:
+        typer.echo(f"  [warning sign] {w.name}: {w.label} (in the milestone file's warning_signs:, "
+                   "lowers the score)")
     typer.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 

@@ -51,6 +51,8 @@ def group_of(name: str) -> tuple[str, str]:
         return "milestone", parts[1]
     if prefix == "seq" and len(parts) >= 3:
         return "sequence", parts[1]
+    if prefix == "ws" and len(parts) >= 3:
+        return "warning", parts[1]
     if prefix == "fit":
         return "fit", name[len("fit__"):]
     if prefix == "acct":
@@ -163,6 +165,7 @@ class Wording:
         self.spec = spec
         self.milestones = {m.name: m for m in spec.milestones}
         self.sequences = {s.name: s for s in spec.sequences}
+        self.warning_signs = {w.name: w for w in getattr(spec, "warning_signs", [])}
 
     def milestone(self, name: str, v: dict) -> str:
         """A reached milestone with who and when; an unmet one with what is still missing."""
@@ -222,6 +225,22 @@ class Wording:
             return f"{words}" + (f" (completed {when})" if when else "")
         return f"not yet: {words}"
 
+    def warning(self, name: str, v: dict) -> str:
+        """A warning sign seen, with how often and when (``"warning sign: unsubscribed 2 times;
+        the last 3 days ago"``); otherwise that it was not seen."""
+        w = self.warning_signs.get(name)
+        label = w.label if w else name.replace("_", " ")
+        seen = _num(v.get(f"ws__{name}__reached"))
+        count = _num(v.get(f"ws__{name}__count")) or 0.0
+        if seen is None:
+            seen = 1.0 if count > 0 else 0.0
+        if seen < 0.5:
+            return f"no warning sign: {label}"
+        times = f" {_int(count)} times" if count >= 2 else ""
+        when = _ago(v.get(f"ws__{name}__days_since_last"))
+        when = (f"; the last {when}" if count >= 2 else f" {when}") if when else ""
+        return f"warning sign: {label}{times}{when}"
+
     def fit(self, attr: str, v: dict) -> str:
         """``"2 employees"`` for a count-like number, ``"industry: Retail"`` otherwise."""
         val = v.get(f"fit__{attr}")
@@ -271,6 +290,8 @@ class Wording:
             return self.milestone(subject, v)
         if kind == "sequence":
             return self.sequence(subject, v)
+        if kind == "warning":
+            return self.warning(subject, v)
         if kind == "fit":
             return self.fit(subject, v)
         if kind == "account":

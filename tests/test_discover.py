@@ -349,7 +349,7 @@ def test_typed_where_values_match_in_the_feature_pipeline():
     assert reached["seats_float"] == {"a4"}
 
 
-def test_warning_signs_reported_never_recommended(world, tmp_path):
+def test_warning_signs_reported_and_written_to_their_own_section_never_as_milestones(world, tmp_path):
     rng = np.random.default_rng(4)
     conv = set(world.conversions["account_id"])
     acc = world.accounts[~world.accounts["account_id"].isin(conv)]
@@ -365,8 +365,14 @@ def test_warning_signs_reported_never_recommended(world, tmp_path):
     assert set(tc.loc[tc["warning_sign"], "selection"]) == {"warning_sign"}
     assert (c.loc[c["recommended"], "direction"] == "positive").all()
     assert "trial_cancelled" in d.summary["warning_sign_events"]
-    assert "trial_cancelled" not in d.spec.all_events
+    assert "trial_cancelled" not in {e for m in d.spec.milestones for e in m.events}
+    # ...but the milestone file carries it as a warning sign (one rule per event), so the model
+    # can learn how much it lowers the score
+    (ws,) = [w for w in d.spec.warning_signs if "trial_cancelled" in w.events]
+    assert ws.name in set(tc.loc[tc["warning_sign"], "name"]) and "lift" in ws.description
+    assert len({e for w in d.spec.warning_signs for e in w.events}) == len(d.spec.warning_signs)
     paths = write_discovery(d, tmp_path / "o")
+    assert load_milestones(paths["milestones"]).warning_signs == d.spec.warning_signs
     html = paths["report"].read_text()
     section = html[html.index('id="warning-signs"'):html.index('id="candidates"')]
     assert "trial cancelled" in section

@@ -41,6 +41,12 @@ def test_contributions_add_up_to_raw_score(scorer, frame):
         assert total == pytest.approx(e.raw_score, abs=1e-9)
 
 
+def test_warning_sign_columns_form_one_group_apart_from_milestones():
+    from serving.explain import group_of
+    assert group_of("ws__trial_cancelled__days_since_last") == ("warning", "trial_cancelled")
+    assert group_of("ms__trial_cancelled__count") == ("milestone", "trial_cancelled")
+
+
 def test_groups_follow_milestones():
     g = feature_groups(manifest_frame())
     assert "milestone:invited_teammate" in g.keys and "fit:industry" in g.keys
@@ -191,6 +197,8 @@ milestones:
 sequences:
   - {name: connect_then_invite, steps: [integration_connected, invited_teammate], within_days: 30,
      label: "integration connected then teammate invited, all within 30 days"}
+warning_signs:
+  - {name: trial_cancelled, event: trial_cancelled, label: cancelled the trial}
 """)
 
 
@@ -237,6 +245,16 @@ WORDING_CASES = [
     ("sequence", "connect_then_invite",
      {"seq__connect_then_invite__completed": 0.0, "seq__connect_then_invite__days_since": np.nan},
      "not yet: integration connected then teammate invited, all within 30 days"),
+    # warning signs: seen once / several times / not seen
+    ("warning", "trial_cancelled", {"ws__trial_cancelled__reached": 1.0, "ws__trial_cancelled__count": 1,
+                                    "ws__trial_cancelled__days_since_last": 2.0},
+     "warning sign: cancelled the trial 2 days ago"),
+    ("warning", "trial_cancelled", {"ws__trial_cancelled__reached": 1.0, "ws__trial_cancelled__count": 3,
+                                    "ws__trial_cancelled__days_since_last": 0.2},
+     "warning sign: cancelled the trial 3 times; the last today"),
+    ("warning", "trial_cancelled", {"ws__trial_cancelled__reached": 0.0, "ws__trial_cancelled__count": 0,
+                                    "ws__trial_cancelled__days_since_last": np.nan},
+     "no warning sign: cancelled the trial"),
     # account roll-ups
     ("account", "active_users_7d", {"acct__active_users_7d": 1}, "1 active user in the last 7 days"),
     ("account", "active_users_7d", {"acct__active_users_7d": 4}, "4 active users in the last 7 days"),

@@ -10,8 +10,10 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from features.pipeline import (
+    WARNING_STATS,
     FeatureSet,
     compute_features,
     feature_columns,
@@ -48,6 +50,9 @@ SPEC = MilestoneSpec.model_validate({
          "event": "report_run", "where": {"plan": ["pro", "team"]}, "min_count": 2, "within_days": 30},
     ],
     "sequences": [{"name": "create_then_invite", "steps": ["created_project", "invited"], "within_days": 10}],
+    # shares report_run with pro_reports: one event can count for a milestone and a warning sign
+    "warning_signs": [{"name": "free_reports", "label": "ran two reports on the free plan",
+                       "event": "report_run", "where": {"plan": "free"}, "min_count": 2}],
 })
 
 EVENTS = make_events([
@@ -160,9 +165,12 @@ def test_sequence_out_of_order_or_too_slow_is_not_completed():
 
 def test_column_names_and_manifest_families():
     m = feature_manifest(SPEC, ["industry"], ["email_click"])
-    assert set(m.family) == {"milestone", "sequence", "account", "fit", "demand_gen", "activity"}
+    assert set(m.family) == {"milestone", "sequence", "warning", "account", "fit", "demand_gen", "activity"}
     ms = m[m.family == "milestone"]
     assert not ms.name.str.startswith("raw__").any()
+    ws = m[m.family == "warning"]
+    assert list(ws.name) == [f"ws__free_reports__{s}" for s in WARNING_STATS]
+    assert (ws.milestone == "free_reports").all() and not ms.name.str.startswith("ws__").any()
     assert set(m.loc[m.family == "activity", "name"]) == {"raw__logins", "raw__page_views", "raw__api_calls",
                                                           "raw__all_events"}
     assert "ms__invited__days_since_last" in set(ms.name)
@@ -222,6 +230,7 @@ def test_matches_independent_pandas_reference(seed):
     fs = compute_features(dataset(events, accounts, conversions), SPEC, cutoffs)
     ref = reference_features(events, accounts, conversions, SPEC, cutoffs)
     assert fs.frame["label"].sum() > 0 and fs.frame["ms__pro_reports__reached"].any()
+    assert fs.frame["ws__free_reports__reached"].any() and not fs.frame["ws__free_reports__reached"].all()
     assert_frames_match(fs.frame, ref)
 
 
@@ -294,3 +303,55 @@ def test_unused_milestone_warning_names_it():
 def test_malformed_milestone_file_names_the_entry(text, needle):
     with pytest.raises(SpecError, match=needle):
         parse_milestones(text)
+
+
+def test_warning_signs_are_their_own_family_with_hand_checked_values():
+    spec = MilestoneSpec.model_validate({
+        "settings": {"half_life_days": 14},
+        "milestones": [
+            {"name": "invited", "category": "collaboration", "label": "invited a teammate", "event": "invite"},
+            {"name": "reports", "category": "adoption", "label": "ran 2 reports", "event": "report", "min_count": 2}],
+        "warning_signs": [
+            {"name": "unsubscribed", "label": "unsubscribed", "event": "unsubscribe"},
+            {"name": "cancels", "label": "cancelled twice", "event": ["cancel", "downgrade"], "min_count": 2}]})
+    ev = make_events([
+        ("u1", "a1", "invite", "2024-01-02", "product", None),
+        ("u1", "a1", "unsubscribe", "2024-01-03", "product", None),
+        ("u2", "a1", "cancel", "2024-01-04", "product", None),
+        ("u2", "a1", "downgrade", "2024-01-06", "product", None),
+        ("u2", "a1", "report", "2024-01-06", "product", None),
+        ("u1", "a1", "unsubscribe", "2024-01-20", "product", None),  # after T: invisible
+        ("u3", "a2", "cancel", "2024-01-05", "product", None),  # once only: not reached
+    ])
+    row = online_features(ev, spec, T("2024-01-10")).set_index("account_id")
+    a1, a2 = row.loc["a1"], row.loc["a2"]
+    assert a1["ws__unsubscribed__reached"] and a1["ws__unsubscribed__count"] == 1
+    assert a1["ws__unsubscribed__days_since_last"] == pytest.approx(7.0)
+    assert a1["ws__unsubscribed__decayed"] == pytest.approx(2 ** (-7 / 14))
+    assert a1["ws__cancels__reached"] and a1["ws__cancels__count"] == 2  # two events of the list
+    assert a1["ws__cancels__decayed"] == pytest.approx(2 ** (-6 / 14) + 2 ** (-4 / 14))
+    assert not a2["ws__cancels__reached"] and a2["ws__cancels__count"] == 1
+    assert not a2["ws__unsubscribed__reached"] and np.isnan(a2["ws__unsubscribed__days_since_last"])
+    # a warning sign is not value realised: no category, no per-milestone user counts
+    assert a1["acct__users_collaboration"] == 1 and a1["acct__users_adoption"] == 0
+    assert a1["acct__users_activation"] == 0 and a1["acct__users_expansion"] == 0
+    assert not any(c.startswith("ms__unsubscribed") or c.startswith("ms__cancels") for c in row.columns)
+    fam = feature_manifest(spec).set_index("name")["family"]
+    assert fam["ws__cancels__reached"] == "warning" and fam["ms__reports__reached"] == "milestone"
+
+
+@pytest.mark.parametrize("doc, message", [
+    ({"warning_signs": [{"name": "invited", "label": "x", "event": "y"}]}, "differ from milestone names"),
+    ({"warning_signs": [{"name": "w", "label": "x", "event": "y"}, {"name": "w", "label": "z", "event": "v"}]},
+     "repeated: ['w']"),
+    ({"warning_signs": [{"name": "w", "label": "x", "event": "y"}],
+      "sequences": [{"name": "s", "steps": ["invited", "w"], "within_days": 3}]}, "cannot be sequence steps"),
+    ({"warning_signs": [{"name": "w", "label": "x", "event": "y", "category": "activation"}]},
+     "warning_signs.0.category (entry: 'w'): Extra inputs"),
+])
+def test_warning_sign_file_errors_name_the_entry(doc, message):
+    text = yaml.safe_dump({"milestones": [{"name": "invited", "category": "collaboration", "label": "invited",
+                                           "event": "invite"}], **doc})
+    with pytest.raises(SpecError) as err:
+        parse_milestones(text)
+    assert message in str(err.value)

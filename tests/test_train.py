@@ -286,3 +286,14 @@ def test_cli_refuses_a_milestone_file_that_does_not_match_and_registers_nothing(
     assert res.exit_code != 0
     assert "does not match the data" in res.output
     assert not (tmp_path / "mlflow.db").exists()  # nothing logged, nothing registered
+
+
+def test_warning_signs_enter_the_model_and_may_only_lower_the_score():
+    from training.baselines import MODEL_FAMILIES, columns_of, family_of
+    from training.models import monotone_constraints
+
+    cols = ["ms__invited__reached", "ws__trial_cancelled__reached", "ws__trial_cancelled__count", "raw__logins"]
+    assert family_of("ws__trial_cancelled__count") == "warning" and "warning" in MODEL_FAMILIES
+    assert columns_of(cols, MODEL_FAMILIES) == cols[:3]
+    assert monotone_constraints(cols) == [1, -1, 0, 0]
+    assert monotone_constraints(cols, enabled=False) == [0, 0, 0, 0]

@@ -22,10 +22,10 @@ from sklearn.preprocessing import StandardScaler
 from features.spec import MilestoneSpec
 
 #: Column-name prefix -> feature family (docs/architecture.md), used when a manifest lacks one.
-PREFIX_FAMILY = {"ms__": "milestone", "seq__": "sequence", "acct__": "account", "fit__": "fit",
+PREFIX_FAMILY = {"ms__": "milestone", "seq__": "sequence", "ws__": "warning", "acct__": "account", "fit__": "fit",
                  "dg__": "demand_gen", "raw__": "activity"}
 #: Families the main model uses; raw activity is for the baseline only.
-MODEL_FAMILIES = ("milestone", "sequence", "account", "fit", "demand_gen")
+MODEL_FAMILIES = ("milestone", "sequence", "warning", "account", "fit", "demand_gen")
 
 
 def family_of(column: str) -> str | None:
@@ -68,7 +68,7 @@ def candidates(feature_columns, spec: MilestoneSpec, *, include_baselines: bool 
     """The main model first, then baselines and ablations that have at least one input column."""
     cols = list(feature_columns)
     out = [Candidate("model", "lightgbm", columns_of(cols, MODEL_FAMILIES),
-                     "LightGBM on milestones, sequences, account rollup, fit and demand gen", monotone)]
+                     "LightGBM on milestones, sequences, warning signs, account rollup, fit and demand gen", monotone)]
     if not include_baselines:
         return out
     flags = [c for c in cols if is_flag(c)]
@@ -78,10 +78,11 @@ def candidates(feature_columns, spec: MilestoneSpec, *, include_baselines: bool 
         Candidate("activity_lightgbm", "lightgbm", columns_of(cols, ("activity",)),
                   "LightGBM on raw activity counts only", False),
         Candidate("logistic_milestones", "logistic", flags, "logistic regression on milestone flags"),
-        Candidate("ablation_product", "lightgbm", columns_of(cols, ("milestone", "sequence")),
-                  "LightGBM on product milestones and sequences only", monotone),
+        Candidate("ablation_product", "lightgbm", columns_of(cols, ("milestone", "sequence", "warning")),
+                  "LightGBM on product milestones, sequences and warning signs only", monotone),
         Candidate("ablation_fit", "lightgbm", columns_of(cols, ("fit",)), "LightGBM on fit only", monotone),
-        Candidate("ablation_product_fit_dg", "lightgbm", columns_of(cols, ("milestone", "sequence", "fit", "demand_gen")),
+        Candidate("ablation_product_fit_dg", "lightgbm",
+                  columns_of(cols, ("milestone", "sequence", "warning", "fit", "demand_gen")),
                   "LightGBM on product milestones + fit + demand gen", monotone),
     ]
     return [c for c in out if c.columns]

@@ -32,9 +32,11 @@ Method (issue 5)
    than the one before and the whole sequence within W days (the pipeline's definition).
 7. **Warning signs:** candidates with lift <= ``warning_lift`` (converters do it far less often,
    e.g. "unregistered"), significant also within team-size strata, are flagged
-   (``warning_sign``, ``direction``) and reported, never recommended: a milestone marks value
-   realised, and the pipeline's milestone features, the points baseline and the category counts
-   all assume that.
+   (``warning_sign``, ``direction``) and never recommended as milestones: a milestone marks value
+   realised, and the milestone features, the points baseline and the category counts all assume
+   that. The strongest rule of each such event (up to ``max_warning_signs``) goes into the
+   milestone file's ``warning_signs:`` section instead, whose ``ws__`` features the model may
+   only use to lower a score.
 
 Property values in ``where:`` keep their JSON type (``on_time: true``, ``assessment_number: 4``)
 when the value's JSON text is exactly what the data hold. The feature pipeline (and
@@ -60,7 +62,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from features.spec import CATEGORIES, Milestone, MilestoneSpec, Sequence as SeqRule, Settings
+from features.spec import CATEGORIES, Milestone, MilestoneSpec, Sequence as SeqRule, Settings, WarningSign
 from training import stats
 
 #: Name-pattern map: the first category whose pattern occurs in the event name wins.
@@ -1131,7 +1133,8 @@ def discover(dataset, *, horizon_days: int = 30, min_counts: Sequence[int] = (1,
              min_support_share: float = 0.02, sequence_windows: Sequence[int] = (7, 14, 30),
              max_sequences: int = 3, properties: Sequence[str] | None = None,
              ignore_properties: Sequence[str] = (), ignore_events: Sequence[str] = (),
-             max_property_values: int = 20, warning_lift: float = 0.5, start_label: str | None = None,
+             max_property_values: int = 20, warning_lift: float = 0.5, max_warning_signs: int = 5,
+             start_label: str | None = None,
              settings: Settings | None = None, progress: bool = False) -> Discovery:
     """Find the milestones that separate converters from non-converters.
 
@@ -1174,6 +1177,8 @@ def discover(dataset, *, horizon_days: int = 30, min_counts: Sequence[int] = (1,
     warning_lift : float
         Candidates with lift at most this (and q < alpha, also after team-size adjustment) are
         *warning signs*: reported (``warning_sign``, ``direction``), never recommended.
+    max_warning_signs : int
+        How many warning signs go into the milestone file (the lowest-lift rule per event).
     start_label : str, optional
         What ``within_days`` counts from, in labels; default :func:`describe_start`
         (``sign-up`` when the start is the first user's sign-up, else "the account's start").
@@ -1287,7 +1292,10 @@ def discover(dataset, *, horizon_days: int = 30, min_counts: Sequence[int] = (1,
         if len(seq_rules) >= max_sequences:
             break
     seqs["in_milestone_file"] = seqs["name"].isin([s.name for s in seq_rules]) if len(seqs) else []
-    spec = MilestoneSpec(settings=settings, milestones=milestones, sequences=seq_rules)
+    warned = cand[cand["warning_sign"]].sort_values(["lift", "q_value"], kind="stable")
+    warned = warned.drop_duplicates("event").head(max(0, int(max_warning_signs)))
+    spec = MilestoneSpec(settings=settings, milestones=milestones, sequences=seq_rules,
+                         warning_signs=[_to_warning_sign(r) for _, r in warned.iterrows()])
 
     cand = cand.sort_values(["recommended", "rank", "lift"], ascending=[False, True, False], ignore_index=True)
     cand = cand[CANDIDATE_COLUMNS + [c for c in cand.columns if c not in CANDIDATE_COLUMNS]]
@@ -1351,6 +1359,17 @@ def _to_milestone(row: pd.Series) -> Milestone:
         where=({row["property"]: _where_value(row["value"], row["value_type"])} if row["kind"] == "property" else None),
         min_count=int(row["min_count"]), within_days=None if pd.isna(wd) else int(wd),
         min_users=int(row["min_users"]), points=_points(row["lift"]), description=desc)
+
+
+def _to_warning_sign(row: pd.Series) -> WarningSign:
+    wd = row["within_days"]
+    desc = (f"discovered warning sign: lift {row['lift']:.2f}, converters {row['converter_rate']:.0%} vs "
+            f"non-converters {row['non_converter_rate']:.0%}, q = {row['q_value']:.2g}")
+    return WarningSign(
+        name=row["name"], label=row["label"], event=row["event"],
+        where=({row["property"]: _where_value(row["value"], row["value_type"])} if row["kind"] == "property" else None),
+        min_count=int(row["min_count"]), within_days=None if pd.isna(wd) else int(wd),
+        min_users=int(row["min_users"]), description=desc)
 
 
 def _where_value(text: str, value_type: str | None) -> Any:

@@ -32,6 +32,8 @@ from sklearn.linear_model import LogisticRegression
 
 #: Features that can only raise the score: reaching a milestone or completing a sequence.
 MONOTONE_PATTERN = re.compile(r"^(ms__.+__reached|seq__.+__completed)$")
+#: Features that can only lower it: a warning sign seen.
+WARNING_PATTERN = re.compile(r"^ws__.+__reached$")
 
 
 class IsotonicCalibrator:
@@ -114,12 +116,16 @@ def calibrator_from_json(data: dict):
 
 
 def monotone_constraints(columns: Iterable[str], enabled: bool = True) -> list[int]:
-    """LightGBM ``monotone_constraints``: +1 for milestone-reached / sequence-completed flags.
+    """LightGBM ``monotone_constraints``: +1 for milestone-reached / sequence-completed flags,
+    -1 for warning-sign flags (a warning sign can only lower the score).
 
-    >>> monotone_constraints(["ms__invited__reached", "ms__invited__count", "seq__a__completed"])
-    [1, 0, 1]
+    >>> monotone_constraints(["ms__invited__reached", "ms__invited__count", "seq__a__completed",
+    ...                       "ws__unsubscribed__reached"])
+    [1, 0, 1, -1]
     """
-    return [1 if enabled and MONOTONE_PATTERN.match(c) else 0 for c in columns]
+    if not enabled:
+        return [0] * len(list(columns))
+    return [1 if MONOTONE_PATTERN.match(c) else -1 if WARNING_PATTERN.match(c) else 0 for c in columns]
 
 
 def imbalance_weight(y, mode: str) -> float:

@@ -33,13 +33,13 @@ def _group_of(column: str, manifest: pd.DataFrame | None) -> tuple[str, str]:
     if manifest is not None and "milestone" in manifest.columns:
         row = manifest.loc[manifest["name"] == column]
         if len(row) and isinstance(row["milestone"].iloc[0], str) and row["milestone"].iloc[0]:
-            kind = "sequence" if column.startswith("seq__") else "milestone"
+            kind = ("sequence" if column.startswith("seq__") else
+                    "warning" if column.startswith("ws__") else "milestone")
             return row["milestone"].iloc[0], kind
     parts = column.split("__")
-    if parts[0] == "ms" and len(parts) >= 3:
-        return parts[1], "milestone"
-    if parts[0] == "seq" and len(parts) >= 3:
-        return parts[1], "sequence"
+    kinds = {"ms": "milestone", "seq": "sequence", "ws": "warning"}
+    if parts[0] in kinds and len(parts) >= 3:
+        return parts[1], kinds[parts[0]]
     return column, "feature"
 
 
@@ -63,7 +63,8 @@ def learned_weights(contributions: np.ndarray, columns, spec: MilestoneSpec,
     # offset each other (reached vs days_since), and the account feels the sum.
     summed = frame.T.groupby([g for g, _ in groups], sort=False).sum().T
     kinds = dict(groups)
-    labels = {m.name: m.label for m in spec.milestones} | {s.name: s.wording for s in spec.sequences}
+    labels = ({m.name: m.label for m in spec.milestones} | {s.name: s.wording for s in spec.sequences}
+              | {w.name: w.label for w in spec.warning_signs})
     points = {m.name: m.points for m in spec.milestones} | {s.name: s.points for s in spec.sequences}
     out = pd.DataFrame({"group": summed.columns, "mean_abs_shap": summed.abs().mean().to_numpy()})
     out["kind"] = out["group"].map(kinds)
