@@ -9,10 +9,10 @@ How it stays cheap (and leak-free)
 ----------------------------------
 * Events are cut into *buckets* by the cutoffs: bucket ``b`` holds events with
   ``T[b-1] <= timestamp < T[b]``; events after the last cutoff are dropped up front, which is
-  what makes the features blind to the future. Three narrow group-bys read the events, each
-  keyed by no more than its features need: per (account, user) for activity, per (account,
-  user, milestone, bucket) over milestone events only, per (account, bucket) for raw activity
-  and demand gen. Every per-cutoff count is then a cumulative sum over buckets ``<= k``:
+  what makes the features blind to the future. Two narrow group-bys read the events, each
+  keyed by no more than its features need: per (account, user, bucket) for activity, raw
+  counts and demand gen, and per (account, user, milestone, bucket) over milestone events
+  only (plus the n-th-event window of ``min_count`` rules). Every per-cutoff count is then a cumulative sum over buckets ``<= k``:
   per-(account, bucket) rows are pivoted wide first and then joined on equality
   to a tiny ``(bucket, k, factor)`` table, never a cross or inequality join of big tables.
 * DuckDB-specific costs shape the SQL (see docs/performance.md): conditional aggregates are
@@ -390,20 +390,31 @@ def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Ta
     crowd = [index[m.name] for m in tracked if m.min_users > 1]
 
     # --- events before the last cutoff: the only place the future is cut away. Bucket b holds
-    # the events in [T_{b-1}, T_b); per-cutoff values are sums over buckets <= k. Three narrow
-    # passes read the events (users, accounts, milestone events), each grouping by no more keys
-    # than its features need: one wide (account, user, event, bucket) pass would make a table
-    # nearly as long as the events that every later step then re-reads.
+    # the events in [T_{b-1}, T_b); per-cutoff values are sums over buckets <= k. Two narrow
+    # passes read the events (per user and bucket; milestone events only), each grouping by no
+    # more keys than its features need: one wide (account, user, event, bucket) pass would make
+    # a table nearly as long as the events that every later step then re-reads.
     last_cut = ibis.literal(plan.cutoffs[-1].to_pydatetime(), type="timestamp")
     ev = events.filter(events.account_id.notnull() & (events.timestamp < last_cut))
     ev = ev.mutate(is_mkt=ev.source.fill_null("product") == "marketing", bucket=plan.bucket(ev.timestamp))
     product = ev.filter(~ev.is_mkt)
 
-    # --- pass 1, per (account, user): first product event and last one before each cutoff
-    users = product.group_by("account_id", "user_id").aggregate(
-        first_ts=product.timestamp.min(),
-        **{f"last_{k}": _only(product.timestamp < plan.cutoff_literal(k), product.timestamp).max()
-           for k in range(n_cuts)})
+    # --- pass 1, per (account, user, bucket): first and last product event, and the raw
+    # activity-family counts and demand-gen touches, added up per (account, bucket) further down
+    # (one scan for both: a second hash pass over all events cost more than the wider groups)
+    one = ibis.literal(1.0, type="float64")
+    fam = spec.settings.activity_events
+    prod_row, mkt_row = ~ev.is_mkt, ev.is_mkt
+    ub = mat(ev.group_by("account_id", "user_id", "bucket").aggregate(
+        first_ts=_only(prod_row, ev.timestamp).min(), last_ts=_only(prod_row, ev.timestamp).max(),
+        **{f"raw__{f}": _only(prod_row & ev.event.isin(list(evs)), one).sum() for f, evs in fam.items()},
+        **{_dg_name(e): _only(mkt_row & (ev.event == e), plan.decay(ev)).sum() for e in marketing_events},
+        raw__all_events=_only(prod_row, one).sum()))
+    # per (account, user): first product event and the last one before each cutoff
+    pu = ub.filter(ub.first_ts.notnull())
+    users = pu.group_by("account_id", "user_id").aggregate(
+        first_ts=pu.first_ts.min(),
+        **{f"last_{k}": _only(pu.bucket <= k, pu.last_ts).max() for k in range(n_cuts)})
     activity_aggs: dict[str, ir.Value] = {"first_product": users.first_ts.min()}
     for k in range(n_cuts):
         last = users[f"last_{k}"]
@@ -448,11 +459,9 @@ def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Ta
     # GROUP BY an order of magnitude slower.
     n_ms = range(len(milestones))
     n_tracked = range(len(tracked))
-    fam = spec.settings.activity_events
     raw_cols = [f"raw__{f}" for f in fam] + ["raw__all_events"]
     dg_cols = [_dg_name(e) for e in marketing_events]
     cat_cols = [f"acct__users_{c}" for c in CATEGORIES]
-    one = ibis.literal(1.0, type="float64")
     # counts are summed as DOUBLE (exact below 2**53): DuckDB's BIGINT sum keeps a slow HUGEINT state
     n_float, s_float = mlong.n.cast("float64"), mlong.s
     by_milestone = mlong.group_by("account_id", "bucket").aggregate(**{
@@ -471,12 +480,9 @@ def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Ta
     user_cat = _user_category_bucket(ms_users, ms_long, params, [i for i in counted if i < len(milestones)], plan)
     cat_users = user_cat.group_by("account_id", "bucket").aggregate(**{
         f"acct__users_{c}": _only(user_cat.cat_key == _CAT_KEY + i, one).sum() for c, i in cat_index.items()})
-    # --- pass 3, per (account, bucket): raw activity families, demand gen and all product events
-    prod_row, mkt_row = ~ev.is_mkt, ev.is_mkt
-    raw_dg = ev.group_by("account_id", "bucket").aggregate(
-        **{f"raw__{f}": _only(prod_row & ev.event.isin(list(evs)), one).sum() for f, evs in fam.items()},
-        **{_dg_name(e): _only(mkt_row & (ev.event == e), plan.decay(ev)).sum() for e in marketing_events},
-        raw__all_events=_only(prod_row, one).sum())
+    # --- per (account, bucket): raw activity families, demand gen and all product events
+    raw_dg = ub.group_by("account_id", "bucket").aggregate(
+        **{c: ub[c].sum() for c in [*raw_cols, *dg_cols]})
 
     # each part accumulated on its own: a union would make every row carry every column
     parts = [
@@ -745,16 +751,47 @@ def _fit_dtypes(accounts: pd.DataFrame, fit_columns: list[str]) -> dict[str, str
 
 
 def _arrow_frame(table) -> pd.DataFrame:
-    """An engine's Arrow result as pandas, sorted by (cutoff, account_id).
+    """An engine's Arrow result as pandas, sorted by (cutoff, account_id), in one copy.
 
-    Sorted in Arrow and converted with one block per column: pandas' own sort and its block
-    consolidation each copy all 313k x 101 values again, and fresh memory is the dominant
-    cost of that (0.24 s this way against 1.7 s, see docs/performance.md).
+    Numeric, boolean and timestamp columns are gathered chunk by chunk straight into one new
+    numpy array each (a chunk's values are read in place); only text columns go through Arrow's
+    ``take``. Fresh memory dominates this step (first-touch page faults: see
+    docs/performance.md), and Arrow's ``take`` over a chunked table, pandas' sort and its block
+    consolidation each copied the 313k x 101 result once more: 1.8 s against 0.45 s.
     """
+    import pyarrow as pa
     import pyarrow.compute as pc
 
+    if table.num_rows == 0:
+        return table.to_pandas()
     order = pc.sort_indices(table, sort_keys=[("cutoff", "ascending"), ("account_id", "ascending")])
-    return table.take(order).to_pandas(split_blocks=True, self_destruct=True)
+    order_np = order.to_numpy().astype(np.int64)
+    layouts: dict[tuple[int, ...], list[tuple[np.ndarray, np.ndarray]]] = {}
+
+    def gather_plan(lengths: tuple[int, ...]) -> list[tuple[np.ndarray, np.ndarray]]:
+        # per chunk: the output rows it fills and their rows inside it (columns share a layout)
+        if lengths not in layouts:
+            bounds = np.cumsum([0, *lengths])
+            which = np.searchsorted(bounds, order_np, side="right") - 1
+            layouts[lengths] = [(rows, order_np[rows] - bounds[c])
+                                for c, rows in enumerate(np.flatnonzero(which == c) for c in range(len(lengths)))]
+        return layouts[lengths]
+
+    columns: dict[str, Any] = {}
+    for name in table.column_names:
+        col = table.column(name)
+        kind = col.type
+        plain = pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind) \
+            or pa.types.is_timestamp(kind) and kind.tz is None
+        if not plain:
+            columns[name] = col.take(order).to_pandas()
+            continue
+        parts = [c.to_numpy(zero_copy_only=False) for c in col.chunks]
+        out = np.empty(len(order_np), dtype=np.result_type(*(p.dtype for p in parts)))
+        for part, (rows, inside) in zip(parts, gather_plan(tuple(len(p) for p in parts))):
+            out[rows] = part[inside]
+        columns[name] = out
+    return pd.DataFrame(columns, copy=False)
 
 
 def _finish(frame: pd.DataFrame, manifest: pd.DataFrame, *, presorted: bool = False) -> pd.DataFrame:

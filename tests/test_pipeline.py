@@ -355,3 +355,27 @@ def test_warning_sign_file_errors_name_the_entry(doc, message):
     with pytest.raises(SpecError) as err:
         parse_milestones(text)
     assert message in str(err.value)
+
+
+def test_arrow_result_is_sorted_and_converted_like_arrow_itself_across_chunks():
+    """The one-copy gather of engine results: chunks with and without nulls, bools with nulls,
+    text, and an empty result give what Arrow's own conversion gives after sorting."""
+    import pyarrow as pa
+
+    from features.pipeline import _arrow_frame
+
+    b1 = pa.record_batch({"account_id": ["b", "a"], "cutoff": pa.array([2, 1], pa.timestamp("us")),
+                          "n": pa.array([1, 2], pa.int64()), "f": pa.array([1.5, None]),
+                          "flag": pa.array([True, False]), "cat": ["x", None]})
+    b2 = pa.record_batch({"account_id": ["c", "a"], "cutoff": pa.array([1, 2], pa.timestamp("us")),
+                          "n": pa.array([None, 4], pa.int64()), "f": pa.array([0.5, 2.5]),
+                          "flag": pa.array([None, True]), "cat": ["y", "z"]})
+    table = pa.Table.from_batches([b1, b2])
+    got = _arrow_frame(table)
+    expected = table.to_pandas().sort_values(["cutoff", "account_id"]).reset_index(drop=True)
+    assert list(got["account_id"]) == ["a", "c", "a", "b"]
+    for c in expected.columns:
+        assert got[c].dtype == expected[c].dtype, c
+        assert got[c].astype(object).where(got[c].notna(), None).tolist() == \
+            expected[c].astype(object).where(expected[c].notna(), None).tolist(), c
+    assert _arrow_frame(table.slice(0, 0)).shape == (0, 6)
