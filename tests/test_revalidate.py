@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from features.spec import MilestoneSpec, save_milestones
-from test_discover import make_world
+from test_discover import _with_events, make_world
 from training.revalidate import revalidate, write_revalidation
 
 SPEC = MilestoneSpec.model_validate({"milestones": [
@@ -39,6 +39,38 @@ def test_fading_driver_is_flagged_in_latest_quarter_only(faded):
 def test_stable_world_has_no_lift_flags():
     r = revalidate(make_world(1500, seed=2), SPEC)
     assert not (r.flags["flag"] == "lift_below_threshold").any()
+
+
+def _with_cancellations(world, seed: int, fade_from=None):
+    """Non-converters cancel their trial 40% of the time, converters 3%; from ``fade_from`` on,
+    both 25% (the warning sign stops warning)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    acc = world.accounts
+    conv = acc["account_id"].isin(set(world.conversions["account_id"])).to_numpy()
+    late = (acc["created_at"] >= fade_from).to_numpy() if fade_from is not None else np.zeros(len(acc), bool)
+    p = np.where(late, 0.25, np.where(conv, 0.03, 0.40))
+    who = acc[rng.random(len(acc)) < p]
+    extra = pd.DataFrame({"user_id": who["account_id"] + "_u0", "account_id": who["account_id"],
+                          "event": "trial_cancelled", "timestamp": who["created_at"] + pd.Timedelta(hours=12),
+                          "properties": None})
+    return _with_events(world, extra)
+
+
+WARN_SPEC = MilestoneSpec.model_validate({**SPEC.model_dump(), "warning_signs": [
+    {"name": "cancelled", "label": "cancelled the trial", "event": "trial_cancelled"}]})
+
+
+def test_warning_sign_that_stops_warning_is_flagged_and_a_steady_one_is_not():
+    steady = revalidate(_with_cancellations(make_world(1500, seed=2), seed=5), WARN_SPEC)
+    rows = steady.table[steady.table["milestone"] == "cancelled"]
+    assert (rows["category"] == "warning").all() and (rows.loc[rows["judged"], "lift"] < 0.5).all()
+    assert not (steady.flags["flag"] == "warning_sign_faded").any()
+    faded = revalidate(_with_cancellations(make_world(1500, seed=2), seed=5, fade_from=FADE), WARN_SPEC)
+    flagged = faded.flags[faded.flags["flag"] == "warning_sign_faded"]
+    assert set(zip(flagged["period"], flagged["milestone"])) == {("2024Q4", "cancelled")}
+    assert "no longer a warning sign" in flagged["detail"].iloc[0]
 
 
 def test_renamed_event_collapses_and_new_event_is_reported():

@@ -10,6 +10,10 @@ Flags
     A period's lift is under ``lift_threshold`` while the pooled lift of the earlier periods was
     at or above it, and the period's 95% (Katz) interval excludes that earlier lift: the
     milestone stopped predicting conversion.
+``warning_sign_faded``
+    For a warning sign: a period's lift is above ``warning_lift`` while the pooled lift of the
+    earlier periods was at or below it, and the period's interval excludes that earlier lift:
+    converters now do it about as often as others, so it no longer warns.
 ``prevalence_jump``
     Many more accounts reach it than before (the action became a default, e.g. a new onboarding
     flow does it for everyone), judged against the median of earlier periods.
@@ -42,7 +46,8 @@ class Revalidation:
     Attributes
     ----------
     table : DataFrame
-        One row per (period, milestone): ``period, milestone, label, category, S, F, s, f``, rates
+        One row per (period, milestone or warning sign; category ``warning``): ``period, milestone,
+        label, category, S, F, s, f``, rates
         with Wilson intervals, ``prevalence, lift, odds_ratio, phi, p_value, flags``.
     flags : DataFrame
         ``period, milestone, flag, detail`` (empty when all is well).
@@ -69,8 +74,8 @@ def revalidate(dataset, spec: MilestoneSpec, *, by: Literal["quarter", "month", 
                lift_threshold: float = 1.5, horizon_days: int | None = None, min_group: int = 15,
                prevalence_jump: float = 1.5, prevalence_collapse: float = 0.5,
                min_prevalence_change: float = 0.15, new_event_share: float = 0.05,
-               new_after_days: int = 30, prior_k: float = 1.0) -> Revalidation:
-    """Each milestone's rates and lift per cohort period, with flags.
+               new_after_days: int = 30, prior_k: float = 1.0, warning_lift: float = 0.5) -> Revalidation:
+    """Each milestone's (and warning sign's) rates and lift per cohort period, with flags.
 
     Parameters
     ----------
@@ -95,6 +100,9 @@ def revalidate(dataset, spec: MilestoneSpec, *, by: Literal["quarter", "month", 
         An event is "new" when it first occurs more than this many days after the data begin.
     prior_k : float
         Pseudo-count of the smoothed odds ratio.
+    warning_lift : float
+        A warning sign whose lift rises above this (after being at or below it) is flagged
+        (discovery's threshold for calling a rule a warning sign).
 
     Returns
     -------
@@ -110,7 +118,10 @@ def revalidate(dataset, spec: MilestoneSpec, *, by: Literal["quarter", "month", 
     unused = spec.unused_milestones(events["event"].unique())
     if unused:
         notes.append(f"milestones whose events never occur in the data: {unused}")
-    times = reach_times(events, cohort, spec.milestones)
+    # warning signs are checked like milestones (same rule fields), with their own lift flag
+    rules = [*spec.milestones, *spec.warning_signs]
+    warns = {w.name for w in spec.warning_signs}
+    times = reach_times(events, cohort, rules)
     periods = cohort["start"].dt.to_period(_FREQ[by])
     order = sorted(periods.unique())
     converted = cohort["converted"].to_numpy(bool)
@@ -119,9 +130,10 @@ def revalidate(dataset, spec: MilestoneSpec, *, by: Literal["quarter", "month", 
     for p in order:
         in_p = (periods == p).to_numpy()
         S, F = int((in_p & converted).sum()), int((in_p & ~converted).sum())
-        for m in spec.milestones:
+        for m in rules:
             r = np.isfinite(times[m.name])
-            rows.append(dict(period=str(p), milestone=m.name, label=m.label, category=m.category, S=S, F=F,
+            rows.append(dict(period=str(p), milestone=m.name, label=m.label,
+                             category="warning" if m.name in warns else m.category, S=S, F=F,
                              s=int((r & in_p & converted).sum()), f=int((r & in_p & ~converted).sum())))
     table = pd.DataFrame(rows)
     st = stats.two_group_table(table["s"], table["f"], table["S"], table["F"], prior_k)
@@ -131,7 +143,7 @@ def revalidate(dataset, spec: MilestoneSpec, *, by: Literal["quarter", "month", 
     table["judged"] = (table["S"] >= min_group) & (table["F"] >= min_group)
 
     flags = []
-    for m in spec.milestones:
+    for m in rules:
         sub = table[table["milestone"] == m.name].reset_index()
         for i in range(1, len(sub)):
             row = sub.loc[i]
@@ -142,7 +154,13 @@ def revalidate(dataset, spec: MilestoneSpec, *, by: Literal["quarter", "month", 
             pooled = stats.lift(earlier["s"].sum(), earlier["f"].sum(), earlier["S"].sum(), earlier["F"].sum())
             # Flag a real fall only: below the threshold, and the period's 95% interval excludes
             # the earlier pooled lift (a small period's noise alone does not page anyone).
-            if row["lift"] < lift_threshold <= pooled and row["lift_high"] < pooled:
+            if m.name in warns:
+                if row["lift"] > warning_lift >= pooled and row["lift_low"] > pooled:
+                    flags.append((row["period"], m.name, "warning_sign_faded",
+                                  f"lift {row['lift']:.2f} > {warning_lift} (earlier periods: {pooled:.2f}); "
+                                  f"converters {row['converter_rate']:.0%} vs non-converters "
+                                  f"{row['non_converter_rate']:.0%}: no longer a warning sign"))
+            elif row["lift"] < lift_threshold <= pooled and row["lift_high"] < pooled:
                 flags.append((row["period"], m.name, "lift_below_threshold",
                               f"lift {row['lift']:.2f} < {lift_threshold} (earlier periods: {pooled:.2f}); "
                               f"converters {row['converter_rate']:.0%} vs non-converters {row['non_converter_rate']:.0%}"))
@@ -178,7 +196,8 @@ def revalidate(dataset, spec: MilestoneSpec, *, by: Literal["quarter", "month", 
     flag_df = pd.DataFrame(flags, columns=["period", "milestone", "flag", "detail"])
     per_row = flag_df.groupby(["period", "milestone"])["flag"].agg(";".join)
     table["flags"] = [per_row.get((p, m), "") for p, m in zip(table["period"], table["milestone"])]
-    settings = dict(by=by, lift_threshold=lift_threshold, horizon_days=horizon, min_group=min_group,
+    settings = dict(by=by, lift_threshold=lift_threshold, warning_lift=warning_lift, horizon_days=horizon,
+                    min_group=min_group,
                     prevalence_jump=prevalence_jump, prevalence_collapse=prevalence_collapse,
                     min_prevalence_change=min_prevalence_change, new_event_share=new_event_share,
                     new_after_days=new_after_days, periods=[str(p) for p in order])
