@@ -12,9 +12,10 @@ How it stays cheap (and leak-free)
   what makes the features blind to the future. Two narrow group-bys read the events, each
   keyed by no more than its features need: per (account, user, bucket) for activity, raw
   counts and demand gen, and per (account, user, milestone, bucket) over milestone events
-  only (plus the n-th-event window of ``min_count`` rules). Every per-cutoff count is then a cumulative sum over buckets ``<= k``:
-  per-(account, bucket) rows are pivoted wide first and then joined on equality
-  to a tiny ``(bucket, k, factor)`` table, never a cross or inequality join of big tables.
+  only (plus the n-th-event window of ``min_count`` rules). Every per-cutoff count is then a
+  cumulative sum over buckets ``<= k``: per-(account, bucket) rows are pivoted wide first and
+  then joined on equality to a tiny ``(bucket, k, factor)`` table, never a cross or inequality
+  join of big tables.
 * DuckDB-specific costs shape the SQL (see docs/performance.md): conditional aggregates are
   ``agg(CASE WHEN ...)`` rather than ``FILTER (WHERE ...)``, counts are summed as DOUBLE, and
   each wide source is accumulated on its own rather than through a null-padded union.
@@ -447,8 +448,8 @@ def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Ta
         if counted else None
 
     # --- reached_at per (account, milestone): cutoff-independent (depends on history before it)
-    # materialised: its n-th-event window re-reads the events, which the final query reads too
-    # (a second reader would make the engine spool the whole event scan)
+    # materialised, so the final query reads no events at all: when it did read them twice,
+    # DuckDB spooled the whole event scan as a CTE (1.5 s, docs/performance.md)
     reached = mat(_reached_at(per_user, qev, params, counted, crowd))
     reached_wide = reached.group_by("account_id").aggregate(**{
         f"ra_{i}": _only(reached.mi == i, reached.reached_at).max() for i in range(len(tracked))})
@@ -529,7 +530,9 @@ def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Ta
     rights = [(part, ["account_id", "k"]) for part in parts]
     rights += [(reached_wide, ["account_id"]), (activity.drop("first_product"), ["account_id"])]
     if fit_columns:
-        rights.append((acc.select("account_id", *fit_columns), ["account_id"]))
+        # prefixed here: a fit attribute named like an internal column ("k", "label") must not
+        # be silently renamed by the join
+        rights.append((acc.select("account_id", **{f"fit__{c}": acc[c] for c in fit_columns}), ["account_id"]))
     x = snap
     for i, (right, keys) in enumerate(rights):
         x = x.left_join(right, keys, rname=f"{{name}}_r{i}")
@@ -574,7 +577,7 @@ def build_feature_table(events: ir.Table, accounts: ir.Table, conversions: ir.Ta
     for c in CATEGORIES:
         cols[f"acct__users_{c}"] = x[f"acct__users_{c}"].fill_null(0).cast("int64")
     for c in fit_columns:
-        cols[f"fit__{c}"] = x[c]
+        cols[f"fit__{c}"] = x[f"fit__{c}"]
     for c in dg_cols:
         cols[c] = x[c].fill_null(0.0).cast("float64")
     for c in raw_cols:

@@ -379,3 +379,13 @@ def test_arrow_result_is_sorted_and_converted_like_arrow_itself_across_chunks():
         assert got[c].astype(object).where(got[c].notna(), None).tolist() == \
             expected[c].astype(object).where(expected[c].notna(), None).tolist(), c
     assert _arrow_frame(table.slice(0, 0)).shape == (0, 6)
+
+
+def test_fit_attributes_named_like_internal_columns_keep_their_values():
+    events, accounts, conversions = random_world(1)
+    accounts = accounts.assign(k=range(len(accounts)), label=[f"L{i}" for i in range(len(accounts))])
+    fs = compute_features(dataset(events, accounts, conversions), SPEC, [T("2024-02-01"), T("2024-03-10")])
+    got = fs.frame.merge(accounts[["account_id", "k", "label"]], on="account_id", suffixes=("", "_crm"))
+    assert (got["fit__k"].astype(int) == got["k"]).all()
+    assert (got["fit__label"].astype(str) == got["label_crm"]).all()
+    assert set(got["label"].unique()) <= {0, 1}  # the snapshot label is still the label
