@@ -1176,7 +1176,8 @@ def discover(dataset, *, horizon_days: int = 30, min_counts: Sequence[int] = (1,
         A property key with more distinct values than this yields no candidates.
     warning_lift : float
         Candidates with lift at most this (and q < alpha, also after team-size adjustment) are
-        *warning signs*: reported (``warning_sign``, ``direction``), never recommended.
+        *warning signs*: reported (``warning_sign``, ``direction``), never recommended as
+        milestones; the strongest per event go to the milestone file's ``warning_signs:``.
     max_warning_signs : int
         How many warning signs go into the milestone file (the lowest-lift rule per event).
     start_label : str, optional
