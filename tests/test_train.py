@@ -297,3 +297,22 @@ def test_warning_signs_enter_the_model_and_may_only_lower_the_score():
     assert columns_of(cols, MODEL_FAMILIES) == cols[:3]
     assert monotone_constraints(cols) == [1, -1, 0, 0]
     assert monotone_constraints(cols, enabled=False) == [0, 0, 0, 0]
+
+
+def test_a_planted_warning_sign_is_learned_lowers_scores_and_beats_the_model_without_it():
+    fs = fake_feature_set(n_accounts=800, n_cutoffs=12, seed=3, warning_effect=-2.0)
+    with_ws = train(fs, fake_spec(warning_sign=True), config=TrainConfig(**FAST))
+    assert {"ws__cancelled__reached", "ws__cancelled__count"} <= set(with_ws.feature_columns)
+    model = with_ws.fitted["model"]
+    frame = fs.frame.sample(400, random_state=0)
+    off, on = frame.copy(), frame.copy()
+    off["ws__cancelled__reached"], on["ws__cancelled__reached"] = 0.0, 1.0
+    assert np.all(model.predict_raw(on) <= model.predict_raw(off) + 1e-9)  # monotone decreasing
+    assert (model.predict_raw(on) < model.predict_raw(off) - 1e-6).mean() > 0.5  # and it is used
+    weights = with_ws.weights.set_index("group")
+    assert weights.loc["cancelled", "kind"] == "warning" and weights.loc["cancelled", "label"] == "cancelled the trial"
+    # the same rows without the warning-sign columns: the model that sees them ranks better
+    blind = FakeFeatureSet(fs.frame.drop(columns=[c for c in fs.frame if c.startswith("ws__")]),
+                           fs.manifest[~fs.manifest["name"].str.startswith("ws__")].reset_index(drop=True))
+    without = train(blind, fake_spec(), config=TrainConfig(**FAST))
+    assert with_ws.metrics.loc["model", "roc_auc"] > without.metrics.loc["model", "roc_auc"] + 0.02

@@ -24,10 +24,14 @@ class FakeFeatureSet:
     manifest: pd.DataFrame
 
 
-def fake_spec(points: dict[str, float] | None = None, horizon_days: int = 30) -> MilestoneSpec:
-    """Milestone file for :data:`PLANTED`; default points are deliberately naive (all equal)."""
+def fake_spec(points: dict[str, float] | None = None, horizon_days: int = 30,
+              warning_sign: bool = False) -> MilestoneSpec:
+    """Milestone file for :data:`PLANTED`; default points are deliberately naive (all equal).
+    ``warning_sign`` adds the ``cancelled`` warning sign that ``fake_feature_set`` can plant."""
     points = points or {m: 10.0 for m in PLANTED}
+    warnings = [{"name": "cancelled", "label": "cancelled the trial", "event": "trial_cancelled"}]
     return MilestoneSpec.model_validate({
+        "warning_signs": warnings if warning_sign else [],
         "settings": {"horizon_days": horizon_days},
         "milestones": [{"name": m, "category": "adoption", "label": m.replace("_", " "), "event": m,
                         "points": points[m]} for m in PLANTED],
@@ -37,8 +41,13 @@ def fake_spec(points: dict[str, float] | None = None, horizon_days: int = 30) ->
 
 
 def fake_feature_set(n_accounts: int = 800, n_cutoffs: int = 12, seed: int = 0, base_logit: float = -3.2,
-                     every_days: int = 7) -> FakeFeatureSet:
-    """A FeatureSet-like object: ``frame`` (keys, label, features) and ``manifest``."""
+                     every_days: int = 7, warning_effect: float | None = None) -> FakeFeatureSet:
+    """A FeatureSet-like object: ``frame`` (keys, label, features) and ``manifest``.
+
+    ``warning_effect`` plants a ``cancelled`` warning sign (``ws__cancelled__*``, seen by ~20% of
+    rows) with that log-odds effect; its draws come after every other one, so the rest of the
+    table is the same as without it.
+    """
     rng = np.random.default_rng(seed)
     cutoffs = pd.date_range("2024-01-07", periods=n_cutoffs, freq=f"{every_days}D")
     n = n_accounts * n_cutoffs
@@ -65,17 +74,25 @@ def fake_feature_set(n_accounts: int = 800, n_cutoffs: int = 12, seed: int = 0, 
     cols["dg__webinar_attended__decayed"] = rng.exponential(0.2, n)
     cols["raw__logins"] = rng.poisson(busy).astype(float)
     cols["raw__all_events"] = cols["raw__logins"] + rng.poisson(busy * 3)
+    if warning_effect is not None:
+        warn = np.random.default_rng(seed + 7919)  # its own stream: the label draws stay the same
+        seen = (warn.random(n) < 0.2).astype(float)
+        cols["ws__cancelled__reached"] = seen
+        cols["ws__cancelled__count"] = seen * (1 + warn.poisson(0.5, n))
+        cols["ws__cancelled__days_since_last"] = np.where(seen > 0, warn.integers(0, 30, n), np.nan)
+        logit += warning_effect * seen
     label = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
     frame = pd.DataFrame({"account_id": [f"a{a:05d}" for a in acct], "cutoff": cutoffs[step], "label": label, **cols})
     frame.insert(len(frame.columns) - 3, "fit__industry", pd.Categorical(industry))
     manifest = pd.DataFrame({"name": [c for c in frame.columns if c not in ("account_id", "cutoff", "label")]})
     manifest["family"] = manifest["name"].map(_family)
-    manifest["milestone"] = manifest["name"].map(lambda c: c.split("__")[1] if c.startswith(("ms__", "seq__")) else None)
+    manifest["milestone"] = manifest["name"].map(
+        lambda c: c.split("__")[1] if c.startswith(("ms__", "seq__", "ws__")) else None)
     manifest["description"] = manifest["name"]
     manifest["dtype"] = [str(frame[c].dtype) for c in manifest["name"]]
     return FakeFeatureSet(frame, manifest)
 
 
 def _family(c: str) -> str:
-    return {"ms": "milestone", "seq": "sequence", "acct": "account", "fit": "fit", "dg": "demand_gen",
-            "raw": "activity"}[c.split("__")[0]]
+    return {"ms": "milestone", "seq": "sequence", "ws": "warning", "acct": "account", "fit": "fit",
+            "dg": "demand_gen", "raw": "activity"}[c.split("__")[0]]
