@@ -708,7 +708,13 @@ def _duckdb_connect():
     except (ValueError, OSError, AttributeError):  # not every platform says
         total = 8 << 30
     keep = min(2 << 30, total // 4)
-    con.raw_sql(f"SET block_allocator_memory = '{keep >> 20}MB'")
+    import duckdb
+
+    try:
+        con.raw_sql(f"SET block_allocator_memory = '{keep >> 20}MB'")
+    except duckdb.Error as e:  # a speed knob only: a DuckDB build without it must still compute
+        warnings.warn(f"DuckDB block_allocator_memory not set ({e}); features are computed anyway",
+                      RuntimeWarning, stacklevel=2)
     return con
 
 
