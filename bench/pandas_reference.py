@@ -15,6 +15,10 @@ import pandas as pd
 
 from features.spec import CATEGORIES, MilestoneSpec
 
+# Written out here, not imported from the pipeline: the reference states its own columns.
+_MILESTONE_STATS = ("reached", "count", "users", "days_since_first", "days_since_last", "decayed")
+_WARNING_STATS = ("reached", "count", "days_since_last", "decayed")
+
 LN2 = math.log(2.0)
 
 
@@ -110,29 +114,25 @@ def reference_features(events: pd.DataFrame, accounts: pd.DataFrame, conversions
         def days(ts):
             return (t_sec - ts).dt.total_seconds() / 86400.0
 
-        for m in spec.milestones:
-            q = qual[m.name]
-            q = q[q["timestamp"] < T]
-            g = q.groupby("account_id")
-            ra = reached_at[m.name].reindex(snap.index)
-            hit = ra.notna() & (ra < T)
-            snap[f"ms__{m.name}__reached"] = hit
-            snap[f"ms__{m.name}__count"] = g.size().reindex(snap.index).fillna(0).astype("int64")
-            snap[f"ms__{m.name}__users"] = g["user_id"].nunique().reindex(snap.index).fillna(0).astype("int64")
-            snap[f"ms__{m.name}__days_since_first"] = days(ra).where(hit)
-            snap[f"ms__{m.name}__days_since_last"] = days(g["timestamp"].max().reindex(snap.index))
-            w = np.exp(-LN2 * (T - q["timestamp"]).dt.total_seconds() / 86400.0 / hl)
-            snap[f"ms__{m.name}__decayed"] = w.groupby(q["account_id"]).sum().reindex(snap.index).fillna(0.0)
-        for ws in spec.warning_signs:
-            q = qual[ws.name]
-            q = q[q["timestamp"] < T]
-            g = q.groupby("account_id")
-            ra = reached_at[ws.name].reindex(snap.index)
-            snap[f"ws__{ws.name}__reached"] = ra.notna() & (ra < T)
-            snap[f"ws__{ws.name}__count"] = g.size().reindex(snap.index).fillna(0).astype("int64")
-            snap[f"ws__{ws.name}__days_since_last"] = days(g["timestamp"].max().reindex(snap.index))
-            w = np.exp(-LN2 * (T - q["timestamp"]).dt.total_seconds() / 86400.0 / hl)
-            snap[f"ws__{ws.name}__decayed"] = w.groupby(q["account_id"]).sum().reindex(snap.index).fillna(0.0)
+        # a warning sign has a milestone's statistics minus users and days since first
+        for prefix, rules, stats in (("ms", spec.milestones, _MILESTONE_STATS), ("ws", spec.warning_signs, _WARNING_STATS)):
+            for m in rules:
+                q = qual[m.name]
+                q = q[q["timestamp"] < T]
+                g = q.groupby("account_id")
+                ra = reached_at[m.name].reindex(snap.index)
+                hit = ra.notna() & (ra < T)
+                w = np.exp(-LN2 * (T - q["timestamp"]).dt.total_seconds() / 86400.0 / hl)
+                values = {
+                    "reached": lambda: hit,
+                    "count": lambda: g.size().reindex(snap.index).fillna(0).astype("int64"),
+                    "users": lambda: g["user_id"].nunique().reindex(snap.index).fillna(0).astype("int64"),
+                    "days_since_first": lambda: days(ra).where(hit),
+                    "days_since_last": lambda: days(g["timestamp"].max().reindex(snap.index)),
+                    "decayed": lambda: w.groupby(q["account_id"]).sum().reindex(snap.index).fillna(0.0),
+                }
+                for stat in stats:
+                    snap[f"{prefix}__{m.name}__{stat}"] = values[stat]()
         for sq in spec.sequences:
             times = [reached_at[st].reindex(snap.index) for st in sq.steps]
             ok = pd.concat([t.notna() for t in times], axis=1).all(axis=1)

@@ -123,6 +123,29 @@ def _dg_name(event: str) -> str:
     return f"dg__{safe or 'event'}__decayed"
 
 
+#: Description and dtype of each per-rule statistic (``{what}`` is the rule's label).
+_STAT_WORDS = {
+    "reached": ("has {what}", "bool"),
+    "count": ("number of times the account {what}", "int64"),
+    "users": ("number of users who {what}", "int64"),
+    "days_since_first": ("days since the account first {what}", "float64"),
+    "days_since_last": ("days since a user last {what}", "float64"),
+    "decayed": ("recent activity: {what} (weighted, half-life {hl:g} days)", "float64"),
+}
+#: Where a warning sign's wording differs from a milestone's.
+_WARNING_WORDS = {"reached": "warning sign: {what}",
+                  "decayed": "recent warning sign: {what} (weighted, half-life {hl:g} days)"}
+
+
+def _rule_rows(prefix: str, family: str, name: str, label: str, stats: Sequence[str], hl: float,
+               words: dict[str, str] | None = None) -> list[tuple[str, str, str, str, str]]:
+    """Manifest rows ``<prefix>__<name>__<stat>`` of one milestone or warning sign."""
+    words = words or {}
+    return [(f"{prefix}__{name}__{stat}", family, name,
+             words.get(stat, _STAT_WORDS[stat][0]).format(what=label, hl=hl), _STAT_WORDS[stat][1])
+            for stat in stats]
+
+
 def feature_columns(spec: MilestoneSpec, fit_columns: Sequence[str] = (),
                     marketing_events: Iterable[str] = ()) -> list[str]:
     """Feature column names in their stable order (keys and label not included)."""
@@ -163,32 +186,14 @@ def feature_manifest(spec: MilestoneSpec, fit_columns: Sequence[str] | None = No
     hl = spec.settings.half_life_days
     rows: list[tuple[str, str, str | None, str, str]] = []
     for m in spec.milestones:
-        what = m.label
-        rows += [
-            (f"ms__{m.name}__reached", "milestone", m.name, f"has {what}", "bool"),
-            (f"ms__{m.name}__count", "milestone", m.name, f"number of times the account {what}", "int64"),
-            (f"ms__{m.name}__users", "milestone", m.name, f"number of users who {what}", "int64"),
-            (f"ms__{m.name}__days_since_first", "milestone", m.name,
-             f"days since the account first {what}", "float64"),
-            (f"ms__{m.name}__days_since_last", "milestone", m.name,
-             f"days since a user last {what}", "float64"),
-            (f"ms__{m.name}__decayed", "milestone", m.name,
-             f"recent activity: {what} (weighted, half-life {hl:g} days)", "float64"),
-        ]
+        rows += _rule_rows("ms", "milestone", m.name, m.label, MILESTONE_STATS, hl)
     for s in spec.sequences:
         rows += [
             (f"seq__{s.name}__completed", "sequence", s.name, f"completed in order: {s.wording}", "bool"),
             (f"seq__{s.name}__days_since", "sequence", s.name, f"days since completing: {s.wording}", "float64"),
         ]
     for w in spec.warning_signs:
-        what = w.label
-        rows += [
-            (f"ws__{w.name}__reached", "warning", w.name, f"warning sign: {what}", "bool"),
-            (f"ws__{w.name}__count", "warning", w.name, f"number of times the account {what}", "int64"),
-            (f"ws__{w.name}__days_since_last", "warning", w.name, f"days since a user last {what}", "float64"),
-            (f"ws__{w.name}__decayed", "warning", w.name,
-             f"recent warning sign: {what} (weighted, half-life {hl:g} days)", "float64"),
-        ]
+        rows += _rule_rows("ws", "warning", w.name, w.label, WARNING_STATS, hl, _WARNING_WORDS)
     rows += [
         ("acct__active_users_7d", "account", None, "users active in the last 7 days", "int64"),
         ("acct__active_users_30d", "account", None, "users active in the last 30 days", "int64"),
@@ -613,7 +618,7 @@ def _qualifying(product: ir.Table, milestones: list, index: dict[str, int], star
         if cond is not None:
             rules.append((sub.mi == index[m.name], cond.fill_null(False)))
     if rules:
-        sub = sub.filter(ibis.cases(*rules, else_=True))
+        sub = sub.filter(_cases(rules, else_=True))
     return sub.select("account_id", "user_id", "mi", "timestamp", "bucket")
 
 
@@ -837,16 +842,17 @@ def _finish(frame: pd.DataFrame, manifest: pd.DataFrame, *, presorted: bool = Fa
         frame["cutoff"] = frame["cutoff"].astype("datetime64[us]")
     for name, dtype in zip(manifest["name"], manifest["dtype"]):
         if name in frame.columns:
-            col = frame[name]
+            original = col = frame[name]
         else:
-            col = pd.Series(pd.NA if dtype != "float64" else float("nan"), index=frame.index, dtype="object")
+            original, col = None, pd.Series(pd.NA if dtype != "float64" else float("nan"), index=frame.index,
+                                            dtype="object")
         if dtype == "category":
             col = col.astype("string").astype("category")
         elif dtype == "bool":
             col = col if col.dtype == "bool" else col.fillna(False).astype("bool")
         elif col.dtype != dtype:
             col = col.astype(dtype)
-        if name not in frame.columns or col is not frame[name]:
+        if col is not original:  # pandas hands out a new Series per frame[name]: compare with ours
             frame[name] = col
     out = frame[[*SNAPSHOT_KEYS, LABEL_COLUMN, *manifest["name"]]]
     if presorted:

@@ -165,7 +165,7 @@ class Wording:
         self.spec = spec
         self.milestones = {m.name: m for m in spec.milestones}
         self.sequences = {s.name: s for s in spec.sequences}
-        self.warning_signs = {w.name: w for w in getattr(spec, "warning_signs", [])}
+        self.warning_signs = {w.name: w for w in spec.warning_signs}
 
     def milestone(self, name: str, v: dict) -> str:
         """A reached milestone with who and when; an unmet one with what is still missing."""
