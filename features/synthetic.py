@@ -75,6 +75,8 @@ EVENT_CATALOGUE: dict[str, tuple[str | None, list[str]]] = {
     "form_filled": ("form", ["contact_sales", "ebook", "demo_request"]),
     "pricing_page_viewed": ("campaign", ["organic", "paid_search", "newsletter"]),
     "webinar_attended": ("webinar", ["getting_started", "advanced_reporting", "customer_panel"]),
+    # a warning sign (last, so the codes of the events above never move)
+    "trial_cancel_clicked": ("reason", ["too_expensive", "missing_feature", "switching_tool", "not_needed"]),
 }
 EVENT_NAMES = list(EVENT_CATALOGUE)
 _CODE = {e: i for i, e in enumerate(EVENT_NAMES)}
@@ -118,6 +120,11 @@ SEQUENCES: list[dict] = [
      "within_days": 14, "strength": 0.6,
      "label": "onboarded, invited a teammate and created 3 projects within 14 days"},
 ]
+#: Planted warning sign: a user opens the cancel-trial flow. Not a cause: it marks an account about
+#: to go quiet (whose hazard then decays), plus a little background noise from curious users.
+#: Only accounts that have not bought yet can click it (a paying customer has no trial to cancel).
+WARNING_SIGN = {"name": "clicked_cancel_trial", "label": "clicked cancel trial", "event": "trial_cancel_clicked",
+                "before_quiet_share": 0.5, "before_quiet_days": 5.0, "background_share": 0.04}
 FADING_DRIVER = "shared_project"  # sharing became the default in the latest quarter
 #: Renamed by the same release (instrumentation clean-up): same behaviour, same effect, new name.
 #: A weaker driver on purpose: default cutoffs sit mostly in the latest quarter, and renaming a
@@ -571,6 +578,28 @@ def _continuation(rng, acc, users, conv, horizon, buf):
         buf.add(users.pick(rng, owner, t), event, t, rng=rng)
 
 
+def _cancel_clicks(rng, acc, users, conv, horizon, buf):
+    """The planted warning sign (:data:`WARNING_SIGN`), drawn from its own random stream.
+
+    Half of the accounts that go quiet within the period open the cancel-trial flow in their
+    last days of activity; 4% of all accounts do once at a random active moment. Only clicks
+    before the account's conversion are kept, a condition on the past only.
+    """
+    n = acc["created"].size
+    created, quiet = acc["created"], acc["quiet"]
+    base_end = np.minimum(quiet, horizon)
+    ws = WARNING_SIGN
+    leaving = (quiet < horizon) & (rng.random(n) < ws["before_quiet_share"])
+    t_leave = np.maximum(quiet - rng.random(n) * ws["before_quiet_days"], created + 0.01)
+    curious = rng.random(n) < ws["background_share"]
+    t_curious = created + rng.random(n) * np.clip(base_end - created, 0.0, None)
+    owner = np.concatenate([np.flatnonzero(leaving), np.flatnonzero(curious)])
+    t = np.concatenate([t_leave[leaving], t_curious[curious]])
+    keep = (t < conv[owner]) & (t < base_end[owner])
+    owner, t = owner[keep], t[keep]
+    buf.add(users.pick(rng, owner, t), ws["event"], t, rng=rng)
+
+
 def _frag(key, value):
     return json.dumps({key: value})[1:-1]
 
@@ -645,6 +674,8 @@ def _truth_spec() -> MilestoneSpec:
                        for m in DRIVERS + STEP_MILESTONES],
         "sequences": [{"name": s["name"], "steps": s["steps"], "within_days": s["within_days"],
                        "label": s["label"], "points": round(10 * s["strength"], 2)} for s in SEQUENCES],
+        "warning_signs": [{"name": WARNING_SIGN["name"], "label": WARNING_SIGN["label"],
+                           "event": WARNING_SIGN["event"]}],
     })
 
 
@@ -726,6 +757,10 @@ def generate_world(out_dir: Path, n_accounts: int = 5000, seed: int = 0, *, star
     converted = np.isfinite(conv)
     say(f"{u.size} base events; {int(converted.sum())} conversions")
     u, val, invited_by = _late_joiners_after_purchase(rng, acc, users, conv, horizon, u, code, val, invited_by)
+    # the warning sign has its own random stream, so adding it moved no draw of the rest
+    signs = _EventBuffer()
+    _cancel_clicks(np.random.default_rng([seed, 1]), acc, users, conv, horizon, signs)
+    u_w, code_w, t_w, val_w = signs.arrays()
     later = _EventBuffer()
     _continuation(rng, acc, users, conv, horizon, later)
     _marketing(rng, users, horizon, later)
@@ -741,6 +776,8 @@ def generate_world(out_dir: Path, n_accounts: int = 5000, seed: int = 0, *, star
     new_idx = np.cumsum(kept) - 1
     keep_ev = kept[u] & (t >= 0) & (t < horizon)
     u, code, t, val = u[keep_ev], code[keep_ev], t[keep_ev], val[keep_ev]
+    keep_w = kept[u_w] & (t_w >= 0) & (t_w < horizon)
+    u_w, code_w, t_w, val_w = u_w[keep_w], code_w[keep_w], t_w[keep_w], val_w[keep_w]
     if product_change:
         for old, new in RENAMED.items():
             code[(code == _CODE[old]) & (t >= change_day)] = _CODE[new]
@@ -811,9 +848,20 @@ def generate_world(out_dir: Path, n_accounts: int = 5000, seed: int = 0, *, star
     inv_email = np.where(inv_val >= 0, email[np.maximum(inv_val, 0)], np.array(fresh, dtype=object))
     fidx[inv_rows] = len(frags) + np.arange(inv_rows.size)
     frags = frags + [_frag("invitee_email", e) for e in inv_email]
+    acct_of_event = np.where(known[u], ev_acct, -1)
+    # the warning sign's rows join last, so every draw above is the one it was without them
+    # (the lexsort is stable: equal keys keep the order of the concatenation)
+    ev_acct_w = ua[u_w]
+    rows = {"u": (u, u_w), "code": (code, code_w), "t": (t, t_w), "val": (val, val_w),
+            "ws_idx": (ws_idx, np.where(orphan[u_w], -1, ev_acct_w)), "fidx": (fidx, offset[code_w] + val_w),
+            "acct_of_event": (acct_of_event, np.where(known[u_w], ev_acct_w, -1)),
+            "is_mkt": (is_mkt, np.zeros(u_w.size, bool))}
+    rows = {k: np.concatenate(v) for k, v in rows.items()}
+    order = np.lexsort((new_idx[rows["u"]], rows["t"]))
+    u, code, t, val = (rows[k][order] for k in ("u", "code", "t", "val"))
+    ws_idx, fidx, acct_of_event, is_mkt = (rows[k][order] for k in ("ws_idx", "fidx", "acct_of_event", "is_mkt"))
     ts_us = (np.datetime64(start_ts.to_datetime64(), "us").astype(np.int64)
              + (t * _US_PER_DAY).astype(np.int64))
-    acct_of_event = np.where(known[u], ev_acct, -1)
 
     user_arr = pa.array(user_ids[kept].tolist(), pa.string())
     acct_arr = pa.array(acct_ids.tolist(), pa.string())
@@ -859,6 +907,9 @@ def generate_world(out_dir: Path, n_accounts: int = 5000, seed: int = 0, *, star
 
     # -- truth, the rules baseline and a README
     stats = _reach_stats(reach, conv, acc, horizon)
+    sign = code == _CODE[WARNING_SIGN["event"]]
+    stats.update(_reach_stats({WARNING_SIGN["name"]: _kth_time(ua[u[sign]], t[sign], 1, n)}, conv, acc, horizon,
+                              [WARNING_SIGN]))
     truth = _truth_document(seed, n, start_ts, end_ts, months, change_day, product_change, stats,
                             n_users=int(kept.sum()), n_events=int(u.size), n_conv=int(converted.sum()))
     _atomic_write(out / "truth.json", lambda tmp: tmp.write_text(json.dumps(truth, indent=2), encoding="utf-8"))
@@ -877,12 +928,12 @@ def generate_world(out_dir: Path, n_accounts: int = 5000, seed: int = 0, *, star
             "seconds": round(time.perf_counter() - clock, 2), "out_dir": str(out)}
 
 
-def _reach_stats(reach, conv, acc, horizon):
+def _reach_stats(reach, conv, acc, horizon, rules=None):
     """Share of converters (before converting) and non-converters (ever) reaching each milestone."""
     converted = np.isfinite(conv)
     as_of = np.where(converted, conv, horizon)
     out = {}
-    for m in DRIVERS + STEP_MILESTONES + SEQUENCES:
+    for m in rules if rules is not None else DRIVERS + STEP_MILESTONES + SEQUENCES:
         hit = reach[m["name"]] <= as_of
         c = float(hit[converted].mean()) if converted.any() else float("nan")
         nc = float(hit[~converted].mean()) if (~converted).any() else float("nan")
@@ -911,6 +962,8 @@ def _truth_document(seed, n, start_ts, end_ts, months, change_day, product_chang
         "sequences": [{**s, "step_events": [next(m["event"] for m in DRIVERS + STEP_MILESTONES if m["name"] == st)
                                             for st in s["steps"]]} for s in SEQUENCES],
         "step_milestones": STEP_MILESTONES,
+        "warning_signs": [dict(WARNING_SIGN)],
+        "warning_sign_events": [WARNING_SIGN["event"]],
         "driver_events": sorted({m["event"] for m in DRIVERS}),
         # new names of renamed driver events (same behaviour, same effect): neither drivers of
         # their own nor non-drivers, so finding them is neither a hit nor a false discovery
@@ -937,6 +990,7 @@ def _readme(truth: dict) -> str:
                         f"{d['strength']} | {'fades from ' + truth['product_change_date'] if d['fading'] else ''} |"
                         for d in truth["drivers"])
     renamed = ", ".join(f"`{a}` -> `{b}`" for a, b in truth["renamed"].items()) or "nothing"
+    ws = truth["warning_signs"][0]
     return f"""# Synthetic world (seed {truth['seed']})
 
 A product-led B2B SaaS (a project-management tool), generated by `features.synthetic.generate_world`.
@@ -953,6 +1007,9 @@ Planted drivers (log-hazard strength while the account is active):
 | rank | milestone | event | min count | min users | strength | note |
 |---|---|---|---|---|---|---|
 {drivers}
+
+Planted warning sign: `{ws['event']}` ({ws['label']}): half of the accounts that go quiet do it in their
+last {ws['before_quiet_days']:g} days of activity, {ws['background_share']:.0%} of all accounts once at random; never after buying.
 
 Noise and non-drivers: {', '.join(truth['non_drivers'])}.
 {'Renamed from ' + truth['product_change_date'] + ': ' + renamed + '.' if truth['renamed'] else 'No product change.'} Details: docs/synthetic-world.md.

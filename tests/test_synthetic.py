@@ -264,3 +264,39 @@ def test_world_without_product_change_has_no_fading_or_renamed(tmp_path):
     assert truth["fading"] == [] and truth["renamed"] == {} and truth["product_change_date"] is None
     events = pd.read_parquet(tmp_path / "events.parquet", columns=["event"])
     assert "report_opened" not in set(events["event"]) and "report_viewed" in set(events["event"])
+
+
+def test_planted_warning_sign_is_rare_among_converters_and_never_after_buying(world, true_events):
+    """The cancel-trial click marks accounts about to go quiet: converters (before converting)
+    do it far less often than the rest, and nobody does it after buying."""
+    truth, ev = world["truth"], true_events
+    sign = truth["warning_signs"][0]
+    clicks = ev[ev["event"] == sign["event"]]
+    assert len(clicks) > 20
+    assert not (clicks["timestamp"] >= clicks["converted_at"]).any()
+    accounts = world["accounts"]["account_id"]
+    converter = accounts.isin(world["conversions"]["account_id"]).to_numpy()
+    did = accounts.isin(clicks["account_id"]).to_numpy()
+    assert did[converter].mean() < 0.5 * did[~converter].mean(), (did[converter].mean(), did[~converter].mean())
+    assert truth["reach_rates"][sign["name"]]["ratio"] < 0.5
+    planted = load_milestones(world["dir"] / "truth_milestones.yaml")
+    assert [w.event for w in planted.warning_signs] == [sign["event"]]
+
+
+def test_warning_sign_moves_no_other_draw(tmp_path, monkeypatch):
+    """The sign has its own random stream: without it, every other row is the same."""
+    import features.synthetic as synthetic
+
+    generate_world(tmp_path / "with", n_accounts=120, seed=11)
+    monkeypatch.setattr(synthetic, "WARNING_SIGN", {**synthetic.WARNING_SIGN, "before_quiet_share": 0.0,
+                                                     "background_share": 0.0})
+    generate_world(tmp_path / "without", n_accounts=120, seed=11)
+    a = pd.read_parquet(tmp_path / "with" / "events.parquet")
+    b = pd.read_parquet(tmp_path / "without" / "events.parquet")
+    signs = a["event"] == synthetic.WARNING_SIGN["event"]
+    assert signs.sum() > 0 and not (b["event"] == synthetic.WARNING_SIGN["event"]).any()
+    rest = a[~signs].drop(columns="message_id").reset_index(drop=True)
+    pd.testing.assert_frame_equal(rest, b.drop(columns="message_id"))
+    for name in ("users.parquet", "accounts.parquet", "conversions.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "with" / name),
+                                      pd.read_parquet(tmp_path / "without" / name))
