@@ -183,6 +183,26 @@ def test_synthetic_world_drivers_found_and_noise_never(small_world):
     rec = set(d.candidates.loc[d.candidates["recommended"], "event"])
     assert not rec & set(truth["noise_events"])
     assert len(rec & set(truth["driver_events"])) >= 5
+    # the planted warning sign is never a milestone (at 600 accounts it is not yet significant
+    # after the team-size adjustment; the demo's 3,000 find it: tests/test_demo.py)
+    assert not rec & set(truth["warning_sign_events"])
+
+
+def test_warning_sign_prefers_the_surely_low_rule_to_the_rarest_extreme_one():
+    """Among one event's variants, the rule written is the one whose lift is surely low (upper
+    end of its interval), not the rarest one with the most extreme point lift."""
+    from training.discover import _confident_warning_signs
+    from training.stats import two_group_table
+
+    # rare variant: 5 of 710 converters vs 77 of 2,128 others (lift 0.19, wide interval);
+    # broad variant: 23 of 710 vs 291 of 2,128 (lift 0.24, narrow interval)
+    table = two_group_table([5, 23], [77, 291], 710, 2128)
+    table.insert(0, "name", ["cancel_too_expensive_30d", "cancel_30d"])
+    table["event"], table["q_value"] = "trial_cancel_clicked", [1e-4, 1e-16]
+    assert table.loc[0, "lift"] < table.loc[1, "lift"]
+    ranked = _confident_warning_signs(table)
+    assert list(ranked["name"]) == ["cancel_30d", "cancel_too_expensive_30d"]
+    assert list(ranked.columns) == list(table.columns)
 
 
 # --- rough edges found on real data (docs/real-data-oulad.md) -----------------------------------

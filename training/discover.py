@@ -34,7 +34,8 @@ Method (issue 5)
    e.g. "unregistered"), significant also within team-size strata, are flagged
    (``warning_sign``, ``direction``) and never recommended as milestones: a milestone marks value
    realised, and the milestone features, the points baseline and the category counts all assume
-   that. The strongest rule of each such event (up to ``max_warning_signs``) goes into the
+   that. The most confidently low rule of each such event (lowest upper end of the lift's
+   interval; up to ``max_warning_signs``) goes into the
    milestone file's ``warning_signs:`` section instead, whose ``ws__`` features the model may
    only use to lower a score.
 
@@ -1179,7 +1180,8 @@ def discover(dataset, *, horizon_days: int = 30, min_counts: Sequence[int] = (1,
         *warning signs*: reported (``warning_sign``, ``direction``), never recommended as
         milestones; the strongest per event go to the milestone file's ``warning_signs:``.
     max_warning_signs : int
-        How many warning signs go into the milestone file (the lowest-lift rule per event).
+        How many warning signs go into the milestone file: per event, the rule whose lift is most
+        confidently low (lowest upper end of its interval), strongest first.
     start_label : str, optional
         What ``within_days`` counts from, in labels; default :func:`describe_start`
         (``sign-up`` when the start is the first user's sign-up, else "the account's start").
@@ -1293,8 +1295,8 @@ def discover(dataset, *, horizon_days: int = 30, min_counts: Sequence[int] = (1,
         if len(seq_rules) >= max_sequences:
             break
     seqs["in_milestone_file"] = seqs["name"].isin([s.name for s in seq_rules]) if len(seqs) else []
-    warned = cand[cand["warning_sign"]].sort_values(["lift", "q_value"], kind="stable")
-    warned = warned.drop_duplicates("event").head(max(0, int(max_warning_signs)))
+    warned = _confident_warning_signs(cand[cand["warning_sign"]]).drop_duplicates("event")
+    warned = warned.head(max(0, int(max_warning_signs)))
     spec = MilestoneSpec(settings=settings, milestones=milestones, sequences=seq_rules,
                          warning_signs=[_to_warning_sign(r) for _, r in warned.iterrows()])
 
@@ -1360,6 +1362,19 @@ def _to_milestone(row: pd.Series) -> Milestone:
         where=({row["property"]: _where_value(row["value"], row["value_type"])} if row["kind"] == "property" else None),
         min_count=int(row["min_count"]), within_days=None if pd.isna(wd) else int(wd),
         min_users=int(row["min_users"]), points=_points(row["lift"]), description=desc)
+
+
+def _confident_warning_signs(warned: pd.DataFrame) -> pd.DataFrame:
+    """Warning-sign candidates, most confidently low first: by the upper end of the lift's
+    interval (converter rate high / non-converter rate low), then by q-value.
+
+    Ranking by the point lift would pick, among one event's variants, the rarest one (a
+    ``where`` on one property value within 30 days, 5 converters against 77) whose lift is the
+    most extreme partly by chance; the upper bound prefers the variant whose lift is *surely* low.
+    """
+    bound = warned["converter_rate_high"] / warned["non_converter_rate_low"].where(warned["non_converter_rate_low"] > 0)
+    return warned.assign(_bound=bound.fillna(np.inf)).sort_values(["_bound", "q_value"], kind="stable") \
+        .drop(columns="_bound")
 
 
 def _to_warning_sign(row: pd.Series) -> WarningSign:
