@@ -899,22 +899,77 @@ def _empty(table: str) -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=d) for c, d in columns.items()})
 
 
+#: Below this many rows pandas' ``duplicated`` is as fast as hashing in DuckDB first.
+_HASHED_DUPLICATES_FROM = 100_000
+
+
+def _duckdb(sql: str, **frames: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Run ``sql`` over pandas ``frames`` (by keyword name) in a private DuckDB; numpy columns.
+
+    Arrow-backed text columns cross over without copies; pandas set operations on them
+    (``unique``, ``Index.union``, ``isin``) go through Python objects instead, seconds on 10M rows.
+    """
+    con = duckdb.connect()
+    try:
+        for name, frame in frames.items():
+            con.register(name, pa.Table.from_pandas(frame, preserve_index=False))
+        return con.sql(sql).fetchnumpy()
+    finally:
+        con.close()
+
+
+def _rows(frame: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
+    """``frame[keep]`` with a fresh RangeIndex; Arrow-backed text columns are filtered chunk by
+    chunk by Arrow (pandas' boolean indexing concatenates their chunks and then takes: 3.4 s
+    for 10M events against ~0.3–2.8 s, the rest being first-touch memory)."""
+    mask = pa.array(keep)
+    columns = {}
+    for name in frame.columns:
+        values = frame[name].array
+        chunked = getattr(values, "_pa_array", None)
+        columns[name] = (pd.Series(type(values)(chunked.filter(mask)), copy=False) if isinstance(chunked, pa.ChunkedArray)
+                         else frame[name].iloc[np.flatnonzero(keep)].reset_index(drop=True))
+    return pd.DataFrame(columns, copy=False)
+
+
+def _duplicated(frame: pd.DataFrame) -> np.ndarray:
+    """``frame.duplicated()`` (later copies of an identical row; nulls equal), fast on millions
+    of rows: a 64-bit hash per row (DuckDB) finds the candidates, pandas confirms them exactly.
+
+    Identical rows hash alike, so every row with an earlier identical one is a candidate, and
+    so is that earlier row: comparing the candidates alone gives pandas' answer. A collision
+    only adds a candidate that the exact comparison then clears. On 10M events with no message
+    id: 7.9 s → 1.9 s.
+    """
+    if len(frame) < _HASHED_DUPLICATES_FROM:
+        return frame.duplicated().to_numpy()
+    columns = ", ".join(f'"{c}"' for c in frame.columns)
+    h = _duckdb(f"SELECT hash({columns}) AS h FROM frame_rows", frame_rows=frame)["h"]
+    candidates = np.flatnonzero(pd.Series(h).duplicated(keep=False).to_numpy())
+    out = np.zeros(len(frame), dtype=bool)
+    if candidates.size:
+        out[candidates] = frame.iloc[candidates].duplicated().to_numpy()
+    return out
+
+
 def _event_duplicates(events: pd.DataFrame) -> np.ndarray:
     """Later copies of a message_id, or of an identical row when there is no message_id."""
     has_id = events["message_id"].notna().to_numpy()
     dup = np.zeros(len(events), dtype=bool)
     if has_id.all():
-        return events["message_id"].duplicated().to_numpy()
+        return _duplicated(events[["message_id"]])
     if has_id.any():
-        dup[has_id] = events.loc[has_id, "message_id"].duplicated().to_numpy()
+        dup[has_id] = _duplicated(events.loc[has_id, ["message_id"]])
     key = ["user_id", "event", "timestamp", "properties", "account_id"]
-    dup[~has_id] = events.loc[~has_id, key].duplicated().to_numpy()
+    if not has_id.any():
+        return _duplicated(events[key])  # a column selection, not a row filter: no copy
+    dup[~has_id] = _duplicated(events.loc[~has_id, key])
     return dup
 
 
 def _keyed_duplicates(frame: pd.DataFrame, key: str, reasons: pd.Series) -> np.ndarray:
     """Identical rows are duplicates; a key repeated with different values is quarantined."""
-    dup = frame.duplicated().to_numpy()
+    dup = _duplicated(frame)
     clash = frame[key].duplicated().to_numpy() & ~dup & frame[key].notna().to_numpy()
     _mark(reasons, clash, CONFLICTING_DUPLICATE)
     return dup
@@ -989,9 +1044,10 @@ def detect_level(events: pd.DataFrame) -> str:
     """
     if events.empty:
         return "event-level with timestamps"
-    span = events.groupby("user_id", observed=True, sort=False)["timestamp"].agg(["min", "max"])
-    several_times = (span["max"] > span["min"]).mean()
-    return "sequences" if several_times >= 0.5 else "event-level with timestamps"
+    # one DuckDB pass (a pandas groupby on 10M text ids took 1.4 s); no id is one group, as in pandas
+    share = _duckdb("SELECT avg(several::DOUBLE) AS share FROM (SELECT max(timestamp) > min(timestamp) AS several "
+                    "FROM events GROUP BY user_id)", events=events[["user_id", "timestamp"]])["share"][0]
+    return "sequences" if share >= 0.5 else "event-level with timestamps"
 
 
 def _free_mail_domains() -> frozenset[str]:
@@ -1013,13 +1069,19 @@ def corporate_email(emails: pd.Series) -> pd.Series:
 
 def _linkability(users: pd.DataFrame, events: pd.DataFrame) -> tuple[int, int]:
     """(all users, users with no account id, no corporate domain and no inviter)."""
-    all_users = pd.Index(users["user_id"].dropna().unique()).union(
-        pd.Index(events["user_id"].unique()))
-    linked = users.loc[users["account_id"].notna() | users["invited_by"].notna()
-                       | corporate_email(users["email"]), "user_id"]
-    linked = pd.Index(linked.unique()).union(
-        pd.Index(events.loc[events["account_id"].notna(), "user_id"].unique()))
-    return len(all_users), int((~all_users.isin(linked)).sum())
+    # one DuckDB pass over the events and a join of users: 10M events took 3.0 s as pandas
+    # unique/union/isin on text ids
+    linked = (users["account_id"].notna() | users["invited_by"].notna() | corporate_email(users["email"]))
+    counts = _duckdb("""
+        WITH acting AS (SELECT user_id, bool_or(account_id IS NOT NULL) AS named FROM events GROUP BY user_id),
+             known AS (SELECT user_id, bool_or(linked) AS linked FROM users WHERE user_id IS NOT NULL
+                       GROUP BY user_id)
+        SELECT count(*) AS total,
+               count(*) FILTER (WHERE NOT coalesce(named, false) AND NOT coalesce(linked, false)) AS unlinkable
+        FROM acting FULL OUTER JOIN known USING (user_id)""",
+                     events=events[["user_id", "account_id"]],
+                     users=pd.DataFrame({"user_id": users["user_id"], "linked": linked.to_numpy(bool)}))
+    return int(counts["total"][0]), int(counts["unlinkable"][0])
 
 
 def _merge_profiles(from_file: pd.DataFrame, from_segment: pd.DataFrame, key: str) -> pd.DataFrame:
@@ -1112,9 +1174,11 @@ def load_dataset(data_dir: str | Path, *, quarantine: bool = True,
         canonical, reasons = canonical.reset_index(drop=True), reasons.reset_index(drop=True)
         frame = frame.reset_index(drop=True)
         if table == "events":
-            dup = np.zeros(len(canonical), dtype=bool)
             ok = reasons.to_numpy() == ""
-            dup[ok] = _event_duplicates(canonical[ok])
+            # every row valid is the common case: no copy (a row filter copies each text column)
+            dup = _event_duplicates(canonical) if ok.all() else np.zeros(len(canonical), dtype=bool)
+            if not ok.all():
+                dup[ok] = _event_duplicates(canonical[ok])
         else:
             key = "user_id" if table == "users" else "account_id"
             dup = _keyed_duplicates(canonical, key, reasons)
@@ -1128,7 +1192,7 @@ def load_dataset(data_dir: str | Path, *, quarantine: bool = True,
         report.duplicates = int(dup.sum())
         report.rows_kept = int(keep.sum())
         report.quarantined = bad_rows["reason"].value_counts().to_dict() if len(bad_rows) else {}
-        frames[table] = canonical[keep].reset_index(drop=True)
+        frames[table] = canonical if keep.all() else _rows(canonical, keep)
 
     if seg is not None:
         seg_users, seg_accounts = canonical_profiles(seg)
@@ -1155,7 +1219,7 @@ def load_dataset(data_dir: str | Path, *, quarantine: bool = True,
                 pd.Index(frames["events"]["account_id"].dropna().unique()))
             _mark(reasons, (canonical["account_id"].notna() & ~canonical["account_id"].isin(known)).to_numpy(),
                   UNKNOWN_ACCOUNT)
-        dup = canonical.duplicated().to_numpy() & (reasons.to_numpy() == "")
+        dup = _duplicated(canonical) & (reasons.to_numpy() == "")
         keep = (reasons.to_numpy() == "") & ~dup
         bad_rows = _quarantine_rows(raw, path, reasons)
         quarantined["conversions"] = bad_rows

@@ -588,3 +588,58 @@ def test_cli_validate_help_describes_layout_formats_and_quarantine():
     for needed in ("events", "users", "accounts", "conversions", ".parquet", ".csv", ".jsonl",
                    "quarantine/<table>.csv", "Segment", "email, created_at"):
         assert needed in text, needed
+
+
+# --- the fast paths of load_dataset on millions of rows give pandas' answers ----------------
+
+def test_hashed_duplicates_equal_pandas_duplicated_with_nulls(monkeypatch):
+    import features.contract as contract
+
+    rng = np.random.default_rng(3)
+    n = 5_000
+    frame = pd.DataFrame({
+        "user_id": pd.array(rng.choice(["u1", "u2", "u3", None], n), dtype="string"),
+        "event": pd.array(rng.choice(["a", "b"], n), dtype="string"),
+        "timestamp": pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 20, n), unit="s"),
+        "properties": pd.array(rng.choice(['{"k": 1}', None], n), dtype="string")})
+    frame["timestamp"] = frame["timestamp"].astype("datetime64[us]")
+    expected = frame.duplicated().to_numpy()
+    assert 0 < expected.sum() < n
+    monkeypatch.setattr(contract, "_HASHED_DUPLICATES_FROM", 0)  # force the hashed path
+    np.testing.assert_array_equal(contract._duplicated(frame), expected)
+    np.testing.assert_array_equal(contract._duplicated(frame.iloc[::-1].reset_index(drop=True)),
+                                  frame.iloc[::-1].duplicated().to_numpy())
+
+
+def test_row_filter_keeps_values_dtypes_and_a_fresh_index():
+    from features.contract import _rows
+
+    frame = pd.DataFrame({"user_id": pd.array(["u1", None, "u3", "u4"], dtype="string"),
+                          "timestamp": pd.to_datetime(["2024-01-01", "2024-01-02", None, "2024-01-04"]),
+                          "n": [1, 2, 3, 4]}, index=[10, 11, 12, 13])
+    keep = np.array([True, True, False, True])
+    got = _rows(frame, keep)
+    pd.testing.assert_frame_equal(got, frame[keep].reset_index(drop=True))
+
+
+def test_linkability_and_level_count_users_of_both_tables():
+    from features.contract import _linkability, detect_level
+
+    users = pd.DataFrame({
+        "user_id": pd.array(["u1", "u2", "u3", "u4", None], dtype="string"),
+        "email": pd.array(["a@acme.com", "b@gmail.com", "c@gmail.com", "d@gmail.com", "e@x.com"], dtype="string"),
+        "account_id": pd.array([None, "acc1", None, None, None], dtype="string"),
+        "invited_by": pd.array([None, None, "u1", None, None], dtype="string")})
+    t = pd.Timestamp("2024-01-01")
+    events = pd.DataFrame({
+        "user_id": pd.array(["u4", "u5", "u5", "u6", "u6"], dtype="string"),
+        "account_id": pd.array([None, "acc2", None, None, None], dtype="string"),
+        "timestamp": [t, t, t + pd.Timedelta(days=1), t, t]})
+    # users u1..u6: u1 corporate mail, u2 account id, u3 invited, u5 named on an event;
+    # u4 (free mail, only unnamed events) and u6 (events only, never named) are not linkable
+    assert _linkability(users, events) == (6, 2)
+    # u4 and u6 act once, u5 on two days: 1 of 3 users acts at several times
+    assert detect_level(events) == "event-level with timestamps"
+    assert detect_level(events.assign(timestamp=[t, t, t, t, t + pd.Timedelta(hours=1)])) == "event-level with timestamps"
+    assert detect_level(events.assign(timestamp=[t, t, t + pd.Timedelta(days=1), t, t + pd.Timedelta(hours=1)])) \
+        == "sequences"
