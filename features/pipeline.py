@@ -45,10 +45,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import ibis
@@ -697,17 +699,30 @@ def resolve_cutoffs(spec: MilestoneSpec, first_event, last_event) -> list[pd.Tim
         pd.Timestamp(first_event), pd.Timestamp(last_event), spec.settings.horizon_days)]
 
 
-def _duckdb_connect():
+#: What DuckDB accepts as a memory size, and nothing that could end the SET statement.
+_MEMORY_SIZE = re.compile(r"^\s*\d+(\.\d+)?\s*([KMGT]i?B|B|bytes)\s*$", re.IGNORECASE)
+
+
+def _duckdb_connect(memory_limit: str | None = None, temp_directory: str | os.PathLike | None = None):
     """A DuckDB connection for one batch computation (the caller disconnects it).
 
     ``block_allocator_memory`` lets DuckDB keep the blocks it frees for reuse instead of handing
     them back to the operating system, up to a quarter of RAM or 2 GiB. Where memory touched
     again after being returned costs a page fault per page (VMs with free page reporting, see
     docs/performance.md) that saved ~0.45 s of 6.9 s on the 10M-event benchmark. The memory goes
-    back when the connection closes.
+    back when the connection closes. With a ``memory_limit`` it is left alone: memory kept back
+    for reuse is what a limit is meant to cap (and DuckDB cannot lower it once a process set it).
     """
+    if memory_limit is not None and not _MEMORY_SIZE.match(str(memory_limit)):
+        raise ValueError(f"memory_limit: expected a size such as '512MB' or '4GB', got {memory_limit!r}")
     con = ibis.duckdb.connect()
     con.raw_sql("SET enable_progress_bar = false")  # rich shows progress instead
+    if temp_directory is not None:
+        Path(temp_directory).mkdir(parents=True, exist_ok=True)
+        con.raw_sql(f"SET temp_directory = '{str(temp_directory).replace(chr(39), chr(39) * 2)}'")
+    if memory_limit is not None:
+        con.raw_sql(f"SET memory_limit = '{str(memory_limit).strip()}'")
+        return con
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # not every platform says
@@ -924,18 +939,35 @@ def compute_features(dataset, spec: MilestoneSpec, cutoffs: Sequence[pd.Timestam
 
 def compute_features_from_files(events_path, accounts_path, conversions_path, spec: MilestoneSpec,
                                 cutoffs: Sequence[pd.Timestamp], *, con=None, progress: bool = False,
-                                cache: bool = True) -> FeatureSet:
+                                cache: bool = True, memory_limit: str | None = None,
+                                temp_directory: str | os.PathLike | None = None) -> FeatureSet:
     """Same as :func:`compute_features` but reads parquet lazily in DuckDB (larger than memory).
 
-    Events must already carry their ``account_id``; ``cache`` materialises the reused
-    intermediate tables once instead of letting DuckDB recompute them for every use.
+    Events must already be valid and carry their ``account_id`` (no data-contract checks and no
+    identity resolution on this path); ``cache`` materialises the reused intermediate tables
+    once instead of letting DuckDB recompute them for every use.
+
+    Parameters
+    ----------
+    memory_limit : str, optional
+        DuckDB's ``memory_limit`` for this computation (e.g. ``"1GB"``); beyond it DuckDB spills
+        to ``temp_directory``. 10M events need ~256 MB (docs/architecture.md). Ignored with ``con``.
+    temp_directory : path, optional
+        Where DuckDB spills (default: DuckDB's own, next to its database or in ``.tmp``).
     """
+    import duckdb
+
     own = con is None
     if own:
-        con = _duckdb_connect()
+        con = _duckdb_connect(memory_limit=memory_limit, temp_directory=temp_directory)
     try:
         return _features_from_files(con, events_path, accounts_path, conversions_path, spec, cutoffs,
                                     progress, cache)
+    except duckdb.OutOfMemoryException as e:
+        limit = f" under memory_limit={memory_limit!r}" if own and memory_limit else ""
+        raise MemoryError(f"DuckDB ran out of memory{limit} computing features from {events_path}: "
+                          f"{str(e).splitlines()[0]} Raise memory_limit, or point temp_directory at a disk "
+                          "with room to spill.") from e
     finally:
         if own:
             con.disconnect()

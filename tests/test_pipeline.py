@@ -389,3 +389,43 @@ def test_fit_attributes_named_like_internal_columns_keep_their_values():
     assert (got["fit__k"].astype(int) == got["k"]).all()
     assert (got["fit__label"].astype(str) == got["label_crm"]).all()
     assert set(got["label"].unique()) <= {0, 1}  # the snapshot label is still the label
+
+
+def test_lazy_parquet_path_equals_the_in_memory_one_under_a_memory_limit(tmp_path):
+    """compute_features_from_files (DuckDB reading parquet, what the benchmark times) gives the
+    same frame and manifest as compute_features; a memory limit and spill folder change nothing."""
+    from features.pipeline import compute_features_from_files
+
+    events, accounts, conversions = random_world(3, n_accounts=40, n_events=3000)
+    cutoffs = [T("2024-02-01"), T("2024-02-15"), T("2024-03-10")]
+    paths = {}
+    for name, frame in (("events", events), ("accounts", accounts), ("conversions", conversions)):
+        paths[name] = tmp_path / f"{name}.parquet"
+        frame.to_parquet(paths[name], index=False)
+    expected = compute_features(dataset(events, accounts, conversions), SPEC, cutoffs)
+    for kwargs in ({}, {"memory_limit": "64MB", "temp_directory": tmp_path / "spill"}):
+        fs = compute_features_from_files(paths["events"], paths["accounts"], paths["conversions"], SPEC, cutoffs,
+                                         **kwargs)
+        pd.testing.assert_frame_equal(fs.manifest, expected.manifest)
+        pd.testing.assert_frame_equal(fs.frame, expected.frame)
+    assert (tmp_path / "spill").is_dir()
+
+
+@pytest.mark.parametrize("limit", ["lots", "1GB'; DROP TABLE x; --", ""])
+def test_memory_limit_must_be_a_size(tmp_path, limit):
+    from features.pipeline import compute_features_from_files
+
+    with pytest.raises(ValueError, match="memory_limit: expected a size"):
+        compute_features_from_files(tmp_path / "e.parquet", tmp_path / "a.parquet", tmp_path / "c.parquet", SPEC,
+                                    [T("2024-02-01")], memory_limit=limit)
+
+
+def test_too_small_a_memory_limit_is_a_clear_error(tmp_path):
+    from features.pipeline import compute_features_from_files
+
+    events, accounts, conversions = random_world(3, n_accounts=40, n_events=3000)
+    for name, frame in (("events", events), ("accounts", accounts), ("conversions", conversions)):
+        frame.to_parquet(tmp_path / f"{name}.parquet", index=False)
+    with pytest.raises(MemoryError, match=r"memory_limit='1MB'.*events\.parquet.*Raise memory_limit"):
+        compute_features_from_files(tmp_path / "events.parquet", tmp_path / "accounts.parquet",
+                                    tmp_path / "conversions.parquet", SPEC, [T("2024-02-01")], memory_limit="1MB")
