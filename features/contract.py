@@ -947,7 +947,11 @@ def _duplicated(frame: pd.DataFrame) -> np.ndarray:
     if len(frame) < _HASHED_DUPLICATES_FROM:
         return frame.duplicated().to_numpy()
     columns = ", ".join(f'"{c}"' for c in frame.columns)
-    h = _duckdb(f"SELECT hash({columns}) AS h FROM frame_rows", frame_rows=frame)["h"]
+    try:
+        h = _duckdb(f"SELECT hash({columns}) AS h FROM frame_rows", frame_rows=frame)["h"]
+    except (pa.ArrowException, duckdb.Error):
+        # a column Arrow cannot type (e.g. an accounts attribute mixing numbers and text)
+        return frame.duplicated().to_numpy()
     candidates = np.flatnonzero(pd.Series(h).duplicated(keep=False).to_numpy())
     out = np.zeros(len(frame), dtype=bool)
     if candidates.size:

@@ -609,6 +609,9 @@ def test_hashed_duplicates_equal_pandas_duplicated_with_nulls(monkeypatch):
     np.testing.assert_array_equal(contract._duplicated(frame), expected)
     np.testing.assert_array_equal(contract._duplicated(frame.iloc[::-1].reset_index(drop=True)),
                                   frame.iloc[::-1].duplicated().to_numpy())
+    # an attribute Arrow cannot type (numbers and text in one object column) still gets an answer
+    mixed = frame.assign(size=pd.Series([1, "big"] * (n // 2), dtype=object))
+    np.testing.assert_array_equal(contract._duplicated(mixed), mixed.duplicated().to_numpy())
 
 
 def test_row_filter_keeps_values_dtypes_and_a_fresh_index():
