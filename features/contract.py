@@ -1197,6 +1197,11 @@ def load_dataset(data_dir: str | Path, *, quarantine: bool = True,
             bad_rows = pd.concat([bad_rows, *extra_bad], ignore_index=True).sort_values(
                 "row_number", kind="stable").reset_index(drop=True)
         quarantined[table] = bad_rows
+        # The source rows are done with (the bad ones are copied into bad_rows): let them go before
+        # the filter below copies the kept rows, so a load holds two copies of a table, not three
+        # (10M events: peak 3.4 GB before).
+        raws.pop(table, None)
+        raw = frame = None
         report.duplicates = int(dup.sum())
         report.rows_kept = int(keep.sum())
         report.quarantined = bad_rows["reason"].value_counts().to_dict() if len(bad_rows) else {}
