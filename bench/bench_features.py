@@ -10,8 +10,9 @@ Measured in one run, each stage in a fresh subprocess (so peak memory is that st
 
 Run: ``.venv/bin/python bench/bench_features.py [--accounts 100000 --events 10000000 --pandas-fraction 1.0
 --repeat 3 --world /tmp/pqlw10 --cli]``; ``--cli`` also times ``pql features`` end to end each round
-(what a user runs: the data contract in pandas before the pipeline, then the files written). Stages run in interleaved rounds (bare, pipeline, pandas) so they
-share the machine's load; the best round of each stage is reported.
+(what a user runs: the data contract in pandas before the pipeline, then the files written).
+Stages run in interleaved rounds (bare, pipeline, pandas) so they share the machine's load; the
+best round of each stage is reported.
 
 The world is generated with numpy here (skewed activity per account and per user, Zipf-like event
 mix, JSON properties on some events, marketing touches); ``features.synthetic`` may replace it.

@@ -951,7 +951,8 @@ def compute_features_from_files(events_path, accounts_path, conversions_path, sp
     ----------
     memory_limit : str, optional
         DuckDB's ``memory_limit`` for this computation (e.g. ``"1GB"``); beyond it DuckDB spills
-        to ``temp_directory``. 10M events need ~256 MB (docs/architecture.md). Ignored with ``con``.
+        to ``temp_directory``. 10M events computed at 256 MB, not at 128 MB (docs/architecture.md).
+        Ignored with ``con``.
     temp_directory : path, optional
         Where DuckDB spills (default: DuckDB's own, next to its database or in ``.tmp``).
     """
