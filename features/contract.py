@@ -639,6 +639,8 @@ def _ids(values: pd.Series) -> pd.Series:
     """Ids as stripped text; empty text becomes missing. Integral floats lose their '.0'."""
     if pd.api.types.is_float_dtype(values) and (values.dropna() % 1 == 0).all():
         values = values.astype("Int64")
+    if values.isna().all():  # e.g. a message_id nobody sends: nothing to strip (0.8 s on 10M rows)
+        return values.astype("string")
     text = values.astype("string").str.strip()
     return text.mask(text == "")
 
