@@ -644,7 +644,9 @@ class Explainer:
                    else [None] * len(ok))
         # Column values per account, only for the columns wording needs (all model columns
         # plus any extra pipeline columns the frame carries for the same groups).
-        value_cols = [c for c in frame.columns if c.split("__")[0] in ("ms", "seq", "fit", "acct", "dg", "raw")]
+        # (group_of decides, as for the groups themselves: a list of prefixes here once missed
+        # warning signs, and every fired sign was worded "no warning sign")
+        value_cols = [c for c in frame.columns if group_of(c)[0] != "other"]
         values = {c: frame[c].to_numpy()[ok] for c in value_cols}
         up, down = self.rank_reasons(gc)
         best = self.rank_next_best(s.gain) if self._milestones else np.full((len(ok), 0), -1)

@@ -29,6 +29,8 @@ milestones:
 sequences:
   - {name: project_then_invite, steps: [created_project, invited_teammate], within_days: 14,
      label: created a project and then invited teammates within 14 days}
+warning_signs:
+  - {name: cancelled_trial, label: cancelled the trial, event: trial_cancelled}
 """
 
 MILESTONES = ["created_project", "invited_teammate", "connected_integration", "added_seats"]
@@ -44,6 +46,8 @@ def manifest_frame() -> pd.DataFrame:
     for m in MILESTONES:
         for stat in ("reached", "count", "users", "days_since_first", "days_since_last", "decayed"):
             rows.append((f"ms__{m}__{stat}", "milestone", m, "float64"))
+    rows += [(f"ws__cancelled_trial__{stat}", "warning", "cancelled_trial", "float64")
+             for stat in ("reached", "count", "days_since_last", "decayed")]
     rows += [("seq__project_then_invite__completed", "sequence", "project_then_invite", "float64"),
              ("seq__project_then_invite__days_since", "sequence", "project_then_invite", "float64"),
              ("acct__active_users_7d", "account", "", "float64"),
@@ -81,6 +85,16 @@ def feature_frame(n: int = 400, seed: int = 0) -> pd.DataFrame:
     industry = rng.choice(INDUSTRIES, n)
     cols["fit__employees"] = rng.integers(5, 500, n).astype(float)
     logit += 0.5 * seq + 0.6 * (industry == "software") + 0.1 * cols["acct__active_users_7d"]
+    # the warning sign from its own generator, so every draw above stays what it was
+    signs = np.random.default_rng(seed + 1)
+    cancelled = signs.random(n) < 0.2
+    count = np.where(cancelled, signs.integers(1, 4, n), 0)
+    last = np.where(cancelled, signs.integers(0, 40, n), np.nan)
+    cols["ws__cancelled_trial__reached"] = cancelled.astype(float)
+    cols["ws__cancelled_trial__count"] = count.astype(float)
+    cols["ws__cancelled_trial__days_since_last"] = last
+    cols["ws__cancelled_trial__decayed"] = np.where(cancelled, count * 0.5 ** (np.nan_to_num(last) / 14), 0.0)
+    logit -= 1.5 * cancelled
     df = pd.DataFrame(cols)
     df["fit__industry"] = pd.Categorical(industry, categories=INDUSTRIES)
     df["label"] = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)

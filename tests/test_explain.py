@@ -314,6 +314,10 @@ def _rows_strategy(n_max=6):
                     f"ms__{m}__users": st.integers(0, 8).map(float),
                     f"ms__{m}__days_since_first": days, f"ms__{m}__days_since_last": days,
                     f"ms__{m}__decayed": st.floats(0, 20, allow_nan=False)}
+    per_row |= {"ws__cancelled_trial__reached": st.sampled_from([0.0, 1.0]),
+                "ws__cancelled_trial__count": st.integers(0, 5).map(float),
+                "ws__cancelled_trial__days_since_last": days,
+                "ws__cancelled_trial__decayed": st.floats(0, 5, allow_nan=False)}
     per_row |= {"seq__project_then_invite__completed": st.sampled_from([0.0, 1.0]),
                 "seq__project_then_invite__days_since": days,
                 "acct__active_users_7d": st.integers(0, 12).map(float),
@@ -410,3 +414,22 @@ def test_answers_serialise_like_the_exact_walk(scorer, frame):
         assert dump_json(d) == exact
     odd = {"a": np.float32(0.5), "b": [np.int64(3), np.bool_(False), float("nan")], "_x": 1}
     assert dump_json(odd) == b'{"a":0.5,"b":[3,false,null]}'
+
+
+def test_explanations_say_whether_the_warning_sign_fired(scorer, frame):
+    """Every explanation path words the warning group from the account's own ws__ values."""
+    ex = Explainer(scorer)
+    exps, bad = ex.explain(frame, with_all=True)
+    assert not bad
+    fired = frame["ws__cancelled_trial__reached"].to_numpy() > 0.5
+    assert 0 < fired.sum() < len(frame)
+    for e, on, count in zip(exps, fired, frame["ws__cancelled_trial__count"]):
+        (c,) = [c for c in e.contributions if c["kind"] == "warning"]
+        if on:
+            assert c["text"].startswith("warning sign: cancelled the trial"), c
+            assert (f"{int(count)} times" in c["text"]) == (count >= 2)
+        else:
+            assert c["text"] == "no warning sign: cancelled the trial"
+    # the sign only lowers scores in this fixture's model
+    shift = np.array([next(c["contribution"] for c in e.contributions if c["kind"] == "warning") for e in exps])
+    assert shift[fired].mean() < 0 < shift[~fired].mean()
