@@ -396,6 +396,10 @@ def test_warning_signs_reported_and_written_to_their_own_section_never_as_milest
     html = paths["report"].read_text()
     section = html[html.index('id="warning-signs"'):html.index('id="candidates"')]
     assert "trial cancelled" in section
+    # the rule written to the file is shown and marked (once per written rule), and the page
+    # no longer says warning signs stay out of the model
+    assert section.count('class="written"') == len(d.spec.warning_signs)
+    assert f"<code>{ws.name}</code> <strong" in section and "do not reach it" not in section
     assert pd.read_csv(paths["candidates"]).query("warning_sign")["event"].eq("trial_cancelled").any()
 
 

@@ -259,14 +259,17 @@ def _activity_rows(disc) -> pd.DataFrame:
 
 
 def _warning_sign_rows(disc, top: int = 15) -> pd.DataFrame:
-    """The clearest warning sign of each event (and property value): most negative phi first."""
+    """The clearest warning sign of each event (and property value), most negative phi first,
+    plus every rule written to the milestone file (column ``written``), which is always shown."""
     cand = disc.candidates
     warn = cand[cand["warning_sign"]]
     if warn.empty:
-        return warn
+        return warn.assign(written=pd.Series(dtype=bool))
     keys = [warn["event"], warn["property"].fillna(""), warn["value"].fillna("")]
-    best = warn.sort_values(["phi", "lift"]).groupby(keys, sort=False).head(1)
-    return best.sort_values("phi").head(top)
+    best = warn.sort_values(["phi", "lift"]).groupby(keys, sort=False).head(1).sort_values("phi").head(top)
+    written = warn["name"].isin([w.name for w in disc.spec.warning_signs])
+    rows = pd.concat([warn[written], best]).drop_duplicates("name").sort_values("phi", kind="stable")
+    return rows.assign(written=rows["name"].isin(warn.loc[written, "name"]))
 
 
 def render_discovery_report(disc) -> str:
