@@ -243,23 +243,10 @@ def discover(
         fail(str(e))
     for w in disc.warnings:
         typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
-    s = disc.summary
-    sel = s["selection"]
-    typer.echo(f"cohort: {s['S']:,} converters, {s['F']:,} non-converters; "
-               f"{s['candidates_tested']:,} candidates tested, {sel['qualified']:,} qualified "
-               f"({sel['qualified_events']} events), {sel['recommended']} recommended")
-    if sel["qualified"] > sel["recommended"]:
-        typer.echo(f"  not recommended although qualified: {sel['one_rule_per_event']} one rule per event, "
-                   f"{sel['event_best_rule_not_eligible']} event's best rule not qualified, {sel['redundant']} "
-                   f"redundant, {sel['list_full']} list full (column 'selection' in candidates.csv)")
-    for m in disc.spec.milestones:
-        typer.echo(f"  [{m.category}] {m.name}: {m.label}")
-    if s["warning_signs"]:
-        typer.echo(f"warning signs (lift <= {s['warning_lift']}, not milestones): {s['warning_signs']} candidates "
-                   f"on {', '.join(s['warning_sign_events'])} — see report.html and column 'warning_sign'")
-    for w in disc.spec.warning_signs:
-        typer.echo(f"  [warning sign] {w.name}: {w.label} (in the milestone file's warning_signs:, "
-                   "lowers the score)")
+    from training.report import discovery_summary_lines
+
+    for line in discovery_summary_lines(disc):
+        typer.echo(line)
     typer.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 

@@ -35,6 +35,7 @@ def run_demo(out: Path, *, accounts: int = 3000, seed: int = 42, top: int = 10,
     from serving.backfill import backfill
     from serving.batch import score_accounts
     from training.discover import discover, write_discovery
+    from training.report import discovery_summary_lines
     from training.train import train_from_data_dir
 
     # Wide enough that tables stay readable when the output is piped to a log (CI, make).
@@ -62,6 +63,8 @@ def run_demo(out: Path, *, accounts: int = 3000, seed: int = 42, top: int = 10,
     t = stage("3/6 Discover the milestones that separate converters from non-converters")
     discovery = discover(dataset, progress=True)
     disc_dir = write_discovery(discovery, out / "discovery")
+    for line in discovery_summary_lines(discovery):
+        console.print(line, markup=False, highlight=False)  # "[adoption]" is text, not a rich style
     console.print(f"recommended milestones written to {out / 'discovery' / 'milestones.yaml'}")
     timings["discover"] = time.perf_counter() - t
 

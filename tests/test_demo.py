@@ -22,6 +22,12 @@ def test_demo_runs_every_stage_and_prints_the_top_accounts(tmp_path, monkeypatch
                        console=Console(file=buf, width=160, force_terminal=False))
     out = buf.getvalue()
     assert "Top 5 accounts ready to buy" in out
+    # discovery says what it found, not only where it wrote it
+    from features.spec import load_milestones
+
+    found = load_milestones(tmp_path / "demo" / "discovery" / "milestones.yaml")
+    assert found.milestones and all(f"[{m.category}] {m.name}: {m.label}" in out for m in found.milestones)
+    assert all(f"[warning sign] {w.name}" in out for w in found.warning_signs)
     assert "mlflow ui --backend-store-uri" in out and "pql serve" in out
     scores = pd.read_csv(summary["scores"])
     assert scores["probability"].between(0, 1).all() and scores["tier"].isin(["hot", "warm", "cold"]).all()

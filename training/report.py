@@ -272,6 +272,28 @@ def _warning_sign_rows(disc, top: int = 15) -> pd.DataFrame:
     return rows.assign(written=rows["name"].isin(warn.loc[written, "name"]))
 
 
+def discovery_summary_lines(disc) -> list[str]:
+    """What discovery found, in a few plain lines for a terminal (``pql discover``, ``pql demo``):
+    the cohort, how many candidates qualified and why some were left out, the recommended
+    milestones and the warning signs written to the milestone file."""
+    s = disc.summary
+    sel = s["selection"]
+    lines = [f"cohort: {s['S']:,} converters, {s['F']:,} non-converters; "
+             f"{s['candidates_tested']:,} candidates tested, {sel['qualified']:,} qualified "
+             f"({sel['qualified_events']} events), {sel['recommended']} recommended"]
+    if sel["qualified"] > sel["recommended"]:
+        lines.append(f"  not recommended although qualified: {sel['one_rule_per_event']} one rule per event, "
+                     f"{sel['event_best_rule_not_eligible']} event's best rule not qualified, {sel['redundant']} "
+                     f"redundant, {sel['list_full']} list full (column 'selection' in candidates.csv)")
+    lines += [f"  [{m.category}] {m.name}: {m.label}" for m in disc.spec.milestones]
+    if s["warning_signs"]:
+        lines.append(f"warning signs (lift <= {s['warning_lift']}, not milestones): {s['warning_signs']} candidates "
+                     f"on {', '.join(s['warning_sign_events'])} — see report.html and column 'warning_sign'")
+    lines += [f"  [warning sign] {w.name}: {w.label} (in the milestone file's warning_signs:, lowers the score)"
+              for w in disc.spec.warning_signs]
+    return lines
+
+
 def render_discovery_report(disc) -> str:
     """The discovery report as one self-contained HTML page."""
     from training.discover import SELECTION_REASONS
