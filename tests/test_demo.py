@@ -10,7 +10,7 @@ from rich.console import Console
 
 
 @pytest.mark.slow
-def test_demo_runs_every_stage_and_prints_the_top_accounts(tmp_path, monkeypatch):
+def test_demo_runs_every_stage_and_prints_the_top_accounts(tmp_path, monkeypatch, capsys):
     from mlflow import MlflowClient
 
     from pql.demo import run_demo
@@ -28,6 +28,9 @@ def test_demo_runs_every_stage_and_prints_the_top_accounts(tmp_path, monkeypatch
     found = load_milestones(tmp_path / "demo" / "discovery" / "milestones.yaml")
     assert found.milestones and all(f"[{m.category}] {m.name}: {m.label}" in out for m in found.milestones)
     assert all(f"[warning sign] {w.name}" in out for w in found.warning_signs)
+    # training shows the weights it learned beside the file's points (its tables go to stderr)
+    printed = capsys.readouterr().err
+    assert "Learned weights" in printed and found.milestones[0].name[:20] in printed
     assert "mlflow ui --backend-store-uri" in out and "pql serve" in out
     scores = pd.read_csv(summary["scores"])
     assert scores["probability"].between(0, 1).all() and scores["tier"].isin(["hot", "warm", "cold"]).all()

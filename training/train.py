@@ -349,6 +349,13 @@ def train(feature_set, spec: MilestoneSpec, *, config: TrainConfig | None = None
         Xm = Xm.sample(config.shap_rows, random_state=config.seed)
     contrib, _ = shap_values(model.estimator, Xm)
     weights = learned_weights(contrib, main.columns, spec, manifest)
+    top = weights.head(12)
+    _say(config, "Learned weights, strongest 12 (mean |SHAP| on evaluation rows; learned points = the file's "
+         "points shared out by weight over milestones and sequences):", pd.DataFrame({
+             "rank": top["rank"].astype(str), "group": top["group"], "kind": top["kind"],
+             "mean |SHAP|": top["mean_abs_shap"],
+             "learned points": top["points_equivalent"].map(lambda v: "" if pd.isna(v) else f"{v:.0f}"),
+             "file's points": top["rules_points"].map(lambda v: "" if pd.isna(v) else f"{v:g}")}))
     model_manifest = _model_manifest(manifest, main.columns)
     calib_proba = model.calibrator.predict(_raw(model, X.loc[split.calibration]))
     return TrainResult(
