@@ -84,6 +84,21 @@ def test_renamed_event_collapses_and_new_event_is_reported():
     assert ("integrated", "prevalence_collapse") in flags
     assert ("integration_added", "new_event") in flags
     assert "integration_added" in set(r.new_events["event"])
+    row = r.new_events.set_index("event").loc["integration_added"]
+    assert row["share_latest"] > 0.3 and row["share_earlier_same_age"] < 0.05
+
+
+def test_an_event_every_account_does_late_in_life_is_not_new():
+    """A 'final exam' at day 60 of every account first occurs two months into the data, yet
+    earlier cohorts did it at the same ages as the latest one: not a new (renamed) event."""
+    w = make_world(1500, seed=3)
+    acc = w.accounts
+    exams = pd.DataFrame({"user_id": acc["account_id"] + "_u0", "account_id": acc["account_id"],
+                          "event": "exam_taken", "timestamp": acc["created_at"] + pd.Timedelta(days=60),
+                          "properties": None})
+    r = revalidate(_with_events(w, exams), SPEC)
+    assert "exam_taken" not in set(r.new_events["event"])
+    assert not ((r.flags["milestone"] == "exam_taken") & (r.flags["flag"] == "new_event")).any()
 
 
 def test_writers_and_cli_fail_on_flags(faded, tmp_path):

@@ -20,7 +20,9 @@ Flags
 ``prevalence_collapse``
     Far fewer accounts reach it (the event was renamed, removed or stopped being tracked).
 ``new_event``
-    A frequent event that first appeared well after the data began and no milestone uses.
+    A frequent event that first appeared well after the data began, that no milestone uses, and
+    that the latest cohort does at least twice as often as earlier cohorts did at the same
+    account ages (an event every account does late in its life is not new).
 """
 
 from __future__ import annotations
@@ -174,7 +176,10 @@ def revalidate(dataset, spec: MilestoneSpec, *, by: Literal["quarter", "month", 
                 flags.append((row["period"], m.name, "prevalence_collapse",
                               f"reached by {prev:.0%} of accounts (earlier median {base:.0%}): "
                               "was the event renamed, removed or no longer tracked?"))
-    # Frequent new events no milestone uses.
+    # Frequent new events no milestone uses: first seen well after the data begin, and done by the
+    # latest cohort far more often than earlier cohorts did at the same account ages. Without the
+    # second part, an event every account does late in its life (a course's final exam) looked
+    # new merely because the first accounts reached that age late in the data.
     activity = {e for evs in spec.settings.activity_events.values() for e in evs}
     used = spec.all_events | activity
     data_start = events["timestamp"].min()
@@ -183,16 +188,28 @@ def revalidate(dataset, spec: MilestoneSpec, *, by: Literal["quarter", "month", 
                      & ~first_seen.index.isin(list(used))]
     new_rows = []
     if len(new) and order:
-        latest_accounts = set(cohort.loc[(periods == order[-1]).to_numpy(), "account_id"])
-        ev_latest = events[events["account_id"].astype(str).isin(latest_accounts) & events["event"].isin(new.index)]
-        share = ev_latest.groupby("event")["account_id"].nunique() / max(1, len(latest_accounts))
+        latest = (periods == order[-1]).to_numpy()
+        ids = cohort["account_id"].astype(str)
+        start = pd.Series(cohort["start"].to_numpy(), index=ids.to_numpy())
+        ev_new = events[events["event"].isin(new.index)]
+        ev_ids = ev_new["account_id"].astype(str)
+        age = ev_new["timestamp"] - ev_ids.map(start)
+        max_age = events["timestamp"].max() - cohort.loc[latest, "start"].min()
+
+        def share_of(accounts: pd.Series, rows) -> pd.Series:
+            done = ev_new[rows & ev_ids.isin(set(accounts)).to_numpy()]
+            return done.groupby("event")["account_id"].nunique() / max(1, len(accounts))
+
+        share = share_of(ids[latest], np.ones(len(ev_new), bool))
+        share_before = share_of(ids[~latest], (age <= max_age).to_numpy())
         for e, fs in new.items():
-            sh = float(share.get(e, 0.0))
-            if sh >= new_event_share:
-                new_rows.append(dict(event=e, first_seen=str(fs), share_latest=sh))
+            sh, before = float(share.get(e, 0.0)), float(share_before.get(e, 0.0))
+            if sh >= new_event_share and before < sh / 2:
+                new_rows.append(dict(event=e, first_seen=str(fs), share_latest=sh, share_earlier_same_age=before))
                 flags.append((str(order[-1]), e, "new_event",
-                              f"'{e}' first seen {fs:%Y-%m-%d}, done by {sh:.0%} of the latest cohort; "
-                              "no milestone uses it (a renamed event?)"))
+                              f"'{e}' first seen {fs:%Y-%m-%d}, done by {sh:.0%} of the latest cohort against "
+                              f"{before:.0%} of earlier cohorts at the same account ages; no milestone uses it "
+                              "(a renamed event?)"))
     flag_df = pd.DataFrame(flags, columns=["period", "milestone", "flag", "detail"])
     per_row = flag_df.groupby(["period", "milestone"])["flag"].agg(";".join)
     table["flags"] = [per_row.get((p, m), "") for p, m in zip(table["period"], table["milestone"])]
@@ -202,7 +219,8 @@ def revalidate(dataset, spec: MilestoneSpec, *, by: Literal["quarter", "month", 
                     min_prevalence_change=min_prevalence_change, new_event_share=new_event_share,
                     new_after_days=new_after_days, periods=[str(p) for p in order])
     return Revalidation(table=table, flags=flag_df,
-                        new_events=pd.DataFrame(new_rows, columns=["event", "first_seen", "share_latest"]),
+                        new_events=pd.DataFrame(new_rows, columns=["event", "first_seen", "share_latest",
+                                                          "share_earlier_same_age"]),
                         settings=settings, warnings=notes)
 
 
