@@ -390,4 +390,7 @@ def test_cli_score_explain_feedback_report(world, registry, tmp_path):
     assert report["accounts"].sum() == 5
     # a2 converted after the cutoff: counted in its tier; conv converted before and is not scored.
     assert report.loc[tiers["a2"], "converted"] == 1 and report["converted"].sum() == 1
+    # which conversions counted is said, so a column of zeros cannot read like a bug
+    n_conv = len(pd.read_parquet(world / "conversions.parquet"))
+    assert f"conversions counted: the 1 of {n_conv:,} " in r.output and "as_of 2024-06-01" in r.output
     assert report.loc[tiers["a4"], "bad"] == 1 and report["good"].sum() == 1
