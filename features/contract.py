@@ -690,10 +690,9 @@ def _properties(frame: pd.DataFrame, path: Path, reasons: pd.Series) -> pd.Serie
         return pd.Series(pd.NA, index=frame.index, dtype="string")
     text = raw.astype("string").str.strip()
     text = text.mask(text == "")
-    props_tbl = pa.table({"p": pa.array(text, type=pa.string(), from_pandas=True)})  # noqa: F841
-    con = duckdb.connect()
-    ok = con.sql("SELECT CASE WHEN p IS NULL THEN TRUE WHEN json_valid(p) "
-                 "THEN json_type(p) = 'OBJECT' ELSE FALSE END AS ok FROM props_tbl").fetchnumpy()["ok"]
+    ok = _duckdb("SELECT CASE WHEN p IS NULL THEN TRUE WHEN json_valid(p) "
+                 "THEN json_type(p) = 'OBJECT' ELSE FALSE END AS ok FROM props",
+                 props=pd.DataFrame({"p": text.astype("string")}))["ok"]
     _mark(reasons, ~np.asarray(ok, dtype=bool), PROPERTIES_NOT_OBJECT)
     return text
 

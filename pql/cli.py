@@ -528,9 +528,7 @@ def feedback_report_cmd(
     out: Annotated[Optional[Path], typer.Option(help="Also write the report as .csv.")] = None,
 ) -> None:
     """Conversions and sales feedback by tier."""
-    import pandas as pd
-
-    from serving.feedback import feedback_report, read_scores
+    from serving.feedback import conversions_counted, feedback_report, read_scores
     from serving.store import EventStore
 
     db = store_url[len("sqlite:///"):] if store_url.startswith("sqlite:///") else None
@@ -549,11 +547,10 @@ def feedback_report_cmd(
     typer.echo(report.to_string(index=False))
     if sc is not None and conv is not None and "as_of" in sc and len(conv):
         # only conversions after the scoring count: say so, or an all-zero column reads like a bug
-        as_of = sc["as_of"].min()
-        later = int((pd.to_datetime(conv["converted_at"]) >= as_of).sum())
+        later = len(conversions_counted(sc, conv))
         typer.echo(f"conversions counted: the {later:,} of {len(conv):,} in {data_dir} on or after the scores' "
-                   f"as_of {as_of:%Y-%m-%d %H:%M}" + ("" if later else " (none yet: score an earlier as_of, or "
-                                                         "wait for conversions to arrive)"))
+                   f"as_of {sc['as_of'].min():%Y-%m-%d %H:%M}" + ("" if later else " (none yet: score an earlier "
+                                                                    "as_of, or wait for conversions to arrive)"))
     if out:
         from serving.batch import write_scores
 

@@ -47,6 +47,15 @@ def read_scores(path: str | Path) -> pd.DataFrame:
     return out
 
 
+def conversions_counted(scores: pd.DataFrame, conversions: pd.DataFrame) -> pd.DataFrame:
+    """The conversions a report on ``scores`` counts: those on or after the scores' ``as_of``
+    (all of them when either side lacks the times)."""
+    conv = conversions.dropna(subset=["account_id"])
+    if "as_of" in scores and "converted_at" in conv:
+        conv = conv[pd.to_datetime(conv["converted_at"]) >= scores["as_of"].min()]
+    return conv
+
+
 def feedback_report(store: EventStore | None, scores: pd.DataFrame | None = None,
                     conversions: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per tier: accounts, converted, conversion rate, good, bad, share good.
@@ -84,10 +93,7 @@ def feedback_report(store: EventStore | None, scores: pd.DataFrame | None = None
     if scores is not None:
         base = scores.groupby("tier").agg(accounts=("account_id", "nunique"))
         if conversions is not None:
-            conv = conversions.dropna(subset=["account_id"])
-            if "as_of" in scores and "converted_at" in conv:
-                as_of = scores["as_of"].min()
-                conv = conv[pd.to_datetime(conv["converted_at"]) >= as_of]
+            conv = conversions_counted(scores, conversions)
             converted = scores["account_id"].astype(str).isin(set(conv["account_id"].astype(str)))
             base["converted"] = converted.groupby(scores["tier"]).sum()
             base["conversion_rate"] = (base["converted"] / base["accounts"]).round(4)
